@@ -1,0 +1,31 @@
+# Set-up is part of every target: a fresh machine needs only Python and pip.
+PYTHON ?= python3
+VENV ?= .venv
+# Override for another build, e.g. `make test TORCH_SPEC="torch==2.5.1"`; the default is a local CPU wheel here.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/lit-metric fit --config configs/digits.yaml
+
+test: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/loss.py
+	$(BIN)/python benchmarks/retrieval.py
+
+clean:
+	rm -rf $(VENV) lightning_logs wandb runs

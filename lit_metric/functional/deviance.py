@@ -1,0 +1,155 @@
+"""Binomial deviance of Yi et al. (2014) and the cosine similarity it is computed on.
+
+The loss over a similarity matrix ``S`` with pair matrix ``M`` and pair weights ``W`` is::
+
+    L = sum_ij W_ij * softplus(-alpha * (S_ij - beta) * M_ij)
+
+Its gradient with respect to ``S`` has the closed form ``-alpha * W * M * sigmoid(z)`` with
+``z = -alpha * (S - beta) * M``, so :class:`_BinomialDeviance` recomputes ``z`` in the backward pass
+instead of keeping autograd's chain of ``(B, R)`` temporaries alive between the passes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["binomial_deviance", "cosine_similarity"]
+
+
+def cosine_similarity(embeddings: Tensor, reference_embeddings: Tensor | None = None) -> Tensor:
+    """Cosine similarity of every row of ``embeddings`` against every row of ``reference_embeddings``.
+
+    Computed in float32 at least, with autocast disabled, so that mixed-precision training feeds the loss
+    similarities that are exact to float32. An all-zero row has similarity 0 to everything.
+
+    Args:
+        embeddings: ``(B, D)`` floating tensor.
+        reference_embeddings: ``(R, D)`` floating tensor; defaults to ``embeddings``.
+
+    Returns:
+        ``(B, R)`` similarity matrix in ``[-1, 1]``.
+    """
+    _check_embeddings("embeddings", embeddings)
+    if reference_embeddings is None:
+        reference_embeddings = embeddings
+    else:
+        _check_embeddings("reference_embeddings", reference_embeddings)
+        if reference_embeddings.shape[1] != embeddings.shape[1]:
+            raise ValueError(
+                f"`reference_embeddings` must have the embedding dimension of `embeddings` ({embeddings.shape[1]}), "
+                f"got shape {tuple(reference_embeddings.shape)}"
+            )
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        queries = F.normalize(embeddings.to(dtype), dim=1)
+        if reference_embeddings is embeddings:
+            return queries @ queries.T
+        return queries @ F.normalize(reference_embeddings.to(dtype), dim=1).T
+
+
+def binomial_deviance(
+    similarity: Tensor,
+    m: Tensor,
+    w: Tensor,
+    alpha: float = 2.0,
+    beta: float = 0.5,
+    validate_args: bool = True,
+) -> Tensor:
+    """Weighted binomial deviance ``sum(w * softplus(-alpha * (similarity - beta) * m))``.
+
+    Computed in float32 at least whatever the input dtype, so fp16/bf16 similarities and large negative
+    costs in ``m`` give a finite loss and finite gradients.
+
+    Args:
+        similarity: ``(B, R)`` similarities, usually cosine.
+        m: ``(B, R)`` pair matrix: ``+1`` for positive pairs, ``-negative_cost`` for negative pairs, ``0`` for
+            pairs that do not count.
+        w: ``(B, R)`` non-negative pair weights.
+        alpha: scale of the similarity margin, ``> 0``.
+        beta: similarity offset that separates positives from negatives.
+        validate_args: check shapes, dtypes and finiteness; costs one pass over each input.
+
+    Returns:
+        Scalar loss in the computation dtype (float32 for half-precision inputs).
+    """
+    if validate_args:
+        _check_deviance_args(similarity, m, w, alpha)
+    return _BinomialDeviance.apply(similarity, m, w, float(alpha), float(beta))
+
+
+class _BinomialDeviance(torch.autograd.Function):
+    """Loss with the closed-form gradient; saves only its inputs for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, similarity: Tensor, m: Tensor, w: Tensor, alpha: float, beta: float) -> Tensor:
+        ctx.save_for_backward(similarity, m, w)
+        ctx.alpha, ctx.beta = alpha, beta
+        z = _margin(similarity, m, alpha, beta)
+        return torch.dot(F.softplus(z).view(-1), w.to(z.dtype).reshape(-1))
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        similarity, m, w = ctx.saved_tensors
+        z = _margin(similarity, m, ctx.alpha, ctx.beta)
+        grad_similarity = grad_w = None
+        if ctx.needs_input_grad[2]:
+            grad_w = (F.softplus(z) * grad_output).to(w.dtype)
+        if ctx.needs_input_grad[0]:
+            # d softplus(z) / dS = sigmoid(z) * (-alpha * M); computed in place on the fresh z.
+            grad = z.sigmoid_().mul_(m).mul_(w).mul_(-ctx.alpha * grad_output)
+            grad_similarity = grad.to(similarity.dtype)
+        return grad_similarity, None, grad_w, None, None
+
+
+def _margin(similarity: Tensor, m: Tensor, alpha: float, beta: float) -> Tensor:
+    """``z = -alpha * (S - beta) * M`` as a new tensor of at least float32."""
+    dtype = torch.promote_types(torch.promote_types(similarity.dtype, m.dtype), torch.float32)
+    return (similarity.to(dtype) - beta).mul_(m).mul_(-alpha)
+
+
+def _check_embeddings(name: str, x: Tensor) -> None:
+    _check_floating(name, x)
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (N, D), got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+    _check_finite(name, x)
+
+
+def _check_deviance_args(similarity: Tensor, m: Tensor, w: Tensor, alpha: float) -> None:
+    if not alpha > 0:
+        raise ValueError(f"`alpha` must be > 0, got {alpha}")
+    for name, x in (("similarity", similarity), ("m", m), ("w", w)):
+        _check_floating(name, x)
+        if x.ndim != 2:
+            raise ValueError(f"`{name}` must have shape (B, R), got shape {tuple(x.shape)}")
+    for name, x in (("m", m), ("w", w)):
+        if x.shape != similarity.shape:
+            raise ValueError(
+                f"`{name}` must have the shape of `similarity` {tuple(similarity.shape)}, got {tuple(x.shape)}"
+            )
+    if similarity.numel() == 0:
+        raise ValueError(f"`similarity` must not be empty, got shape {tuple(similarity.shape)}")
+    _check_finite("similarity", similarity)
+    _check_finite("m", m)
+    low, high = torch.aminmax(w)
+    if not bool(high < float("inf")) or bool(torch.isnan(low)):
+        raise ValueError("`w` must be finite, found NaN or inf")
+    if bool(low < 0):
+        raise ValueError(f"`w` must be non-negative, found a weight of {low.item():.4g}")
+
+
+def _check_floating(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    # aminmax propagates NaN and is one pass, cheaper than isfinite(x).all() on a (B, R) matrix.
+    low, high = torch.aminmax(x)
+    if not (bool(low > float("-inf")) and bool(high < float("inf"))):
+        raise ValueError(f"`{name}` must be finite, found NaN or inf")
