@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_metric.module import MetricLearningModule
 
-__all__ = ["LitMetricCLI", "main", "wandb_offline_unless_logged_in"]
+__all__ = ["LitMetricCLI", "main", "run", "wandb_offline_unless_logged_in"]
 
 
 def wandb_offline_unless_logged_in() -> None:
@@ -46,8 +46,13 @@ class LitMetricCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {trainer.checkpoint_callback.best_model_path}")
 
 
-def main(args: list[str] | None = None) -> LitMetricCLI:
-    """Entry point of ``lit-metric`` and ``python -m lit_metric``."""
+def main() -> None:
+    """Entry point of ``lit-metric`` and ``python -m lit_metric``: runs the command line in ``sys.argv``."""
+    run()
+
+
+def run(args: list[str] | None = None) -> LitMetricCLI:
+    """Runs ``lit-metric`` with ``args`` (default: ``sys.argv``) and returns the CLI, with its trainer and model."""
     wandb_offline_unless_logged_in()
     return LitMetricCLI(
         MetricLearningModule,

@@ -80,32 +80,53 @@ def binomial_deviance(
 
 
 class _BinomialDeviance(torch.autograd.Function):
-    """Loss with the closed-form gradient; saves only its inputs for the backward pass."""
+    """Loss with the closed-form gradient; saves only its inputs for the backward pass.
+
+    Both passes walk the rows in chunks so that the float32 temporaries stay cache-sized: the only full
+    ``(B, R)`` tensor they allocate is the gradient itself.
+    """
 
     @staticmethod
     def forward(ctx, similarity: Tensor, m: Tensor, w: Tensor, alpha: float, beta: float) -> Tensor:
         ctx.save_for_backward(similarity, m, w)
         ctx.alpha, ctx.beta = alpha, beta
-        z = _margin(similarity, m, alpha, beta)
-        return torch.dot(F.softplus(z).view(-1), w.to(z.dtype).reshape(-1))
+        dtype = _compute_dtype(similarity, m)
+        loss = torch.zeros((), dtype=dtype, device=similarity.device)
+        for rows in _row_chunks(similarity):
+            z = _margin(similarity[rows], m[rows], alpha, beta, dtype)
+            loss += torch.dot(F.softplus(z).view(-1), w[rows].to(dtype).reshape(-1))
+        return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         similarity, m, w = ctx.saved_tensors
-        z = _margin(similarity, m, ctx.alpha, ctx.beta)
-        grad_similarity = grad_w = None
-        if ctx.needs_input_grad[2]:
-            grad_w = (F.softplus(z) * grad_output).to(w.dtype)
-        if ctx.needs_input_grad[0]:
-            # d softplus(z) / dS = sigmoid(z) * (-alpha * M); computed in place on the fresh z.
-            grad = z.sigmoid_().mul_(m).mul_(w).mul_(-ctx.alpha * grad_output)
-            grad_similarity = grad.to(similarity.dtype)
+        dtype = _compute_dtype(similarity, m)
+        grad_similarity = torch.empty_like(similarity) if ctx.needs_input_grad[0] else None
+        grad_w = torch.empty_like(w) if ctx.needs_input_grad[2] else None
+        for rows in _row_chunks(similarity):
+            z = _margin(similarity[rows], m[rows], ctx.alpha, ctx.beta, dtype)
+            if grad_w is not None:
+                grad_w[rows] = F.softplus(z) * grad_output
+            if grad_similarity is not None:
+                # d softplus(z) / dS = sigmoid(z) * (-alpha * M)
+                grad_similarity[rows] = z.sigmoid_().mul_(m[rows]).mul_(w[rows]).mul_(-ctx.alpha * grad_output)
         return grad_similarity, None, grad_w, None, None
 
 
-def _margin(similarity: Tensor, m: Tensor, alpha: float, beta: float) -> Tensor:
-    """``z = -alpha * (S - beta) * M`` as a new tensor of at least float32."""
-    dtype = torch.promote_types(torch.promote_types(similarity.dtype, m.dtype), torch.float32)
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _row_chunks(x: Tensor) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
+    return [slice(start, start + step) for start in range(0, x.shape[0], step)]
+
+
+def _compute_dtype(similarity: Tensor, m: Tensor) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(similarity.dtype, m.dtype), torch.float32)
+
+
+def _margin(similarity: Tensor, m: Tensor, alpha: float, beta: float, dtype: torch.dtype) -> Tensor:
+    """``z = -alpha * (S - beta) * M`` as a new tensor of ``dtype``."""
     return (similarity.to(dtype) - beta).mul_(m).mul_(-alpha)
 
 

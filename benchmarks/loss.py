@@ -1,0 +1,77 @@
+"""Forward + backward time and peak memory of the binomial deviance at B in {256, 1024, 4096}, D = 512.
+
+Three implementations side by side in one process, each from embeddings to a scalar and back:
+
+- ``lit_metric``: ``cosine_similarity`` + ``binomial_deviance`` (closed-form gradient, argument checks on);
+- ``naive``: the formula written out with explicit dense M and W and ``log(1 + exp(.))``, left to autograd;
+- ``floor``: the same normalisation and matrix product with ``S.sum()`` as the loss, which no loss can beat.
+
+Ratios are against ``floor`` and ``naive``. Run: ``python benchmarks/loss.py`` (``--sizes 256 1024`` for fewer).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from lit_metric.functional import binomial_deviance, cosine_similarity
+
+from measure import peak_memory_mb, wall_time_ms
+
+
+def paper_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~torch.eye(len(labels), dtype=torch.bool)
+    negative = ~same
+    m = positive.float() - negative.float()
+    w = positive / positive.sum() + negative / negative.sum()
+    return m, w.float()
+
+
+def lit_metric_step(embeddings, m, w):
+    binomial_deviance(cosine_similarity(embeddings), m, w).backward()
+
+
+def naive_step(embeddings, m, w):
+    normalised = F.normalize(embeddings, dim=1)
+    similarity = normalised @ normalised.T
+    (w * torch.log(1 + torch.exp(-2.0 * (similarity - 0.5) * m))).sum().backward()
+
+
+def floor_step(embeddings, m, w):
+    normalised = F.normalize(embeddings, dim=1)
+    (normalised @ normalised.T).sum().backward()
+
+
+STEPS = {"lit_metric": lit_metric_step, "naive": naive_step, "floor": floor_step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D = {args.dim}, median of {args.repeats}")
+    print("| B | method | fwd+bwd ms | x floor | x naive | peak MB |")
+    print("|---|---|---|---|---|---|")
+    for size in args.sizes:
+        embeddings = torch.randn(size, args.dim, requires_grad=True)
+        m, w = paper_pairs(torch.arange(size) % max(size // 8, 1))
+        results = {}
+        for name, step in STEPS.items():
+            run = lambda: step(embeddings, m, w)  # noqa: E731
+            results[name] = (wall_time_ms(run, repeats=args.repeats), peak_memory_mb(run))
+            embeddings.grad = None
+        for name, (ms, mb) in results.items():
+            print(
+                f"| {size} | {name} | {ms:.1f} | {ms / results['floor'][0]:.2f} | "
+                f"{ms / results['naive'][0]:.2f} | {mb:.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

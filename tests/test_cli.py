@@ -1,0 +1,101 @@
+"""Specification of the ``lit-metric`` command: fit from a config, then validate, test and predict a checkpoint."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_metric.cli import run, wandb_offline_unless_logged_in
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
+SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One short fit of configs/digits.yaml with W&B offline, shared by the tests that read its outputs."""
+    workdir = tmp_path_factory.mktemp("cli")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_DIR", str(workdir))
+        cli = run(["fit", "--config", CONFIG, *SHORT])
+        cli.trainer.logger.experiment.finish()
+    return workdir, cli
+
+
+def test_fit_logs_metrics_and_keeps_the_best_checkpoint_by_map_at_r(fitted):
+    workdir, cli = fitted
+    assert {"val/map@r", "val/recall@1", "train/loss"} <= set(cli.trainer.callback_metrics)
+    checkpoint = cli.trainer.checkpoint_callback
+    assert checkpoint.monitor == "val/map@r"
+    assert (workdir / checkpoint.best_model_path).is_file()
+
+
+def test_fit_writes_an_offline_wandb_run(fitted):
+    workdir, _ = fitted
+    runs = list((workdir / "runs" / "digits" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")), "the offline run has no event log for `wandb sync`"
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_validate_and_test_a_checkpoint(fitted, subcommand, monkeypatch):
+    workdir, cli = fitted
+    monkeypatch.chdir(workdir)
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    stage = "val" if subcommand == "validate" else "test"
+    result = run([subcommand, "--config", CONFIG, "--trainer.logger=false", f"--ckpt_path={ckpt}"])
+    metrics = result.trainer.callback_metrics
+    assert 0 <= float(metrics[f"{stage}/map@r"]) <= 1
+    # The checkpoint's weights are the ones evaluated: the best score is reproduced.
+    best = float(cli.trainer.checkpoint_callback.best_model_score)
+    assert float(metrics[f"{stage}/map@r"]) == pytest.approx(best, abs=1e-5)
+
+
+def test_predict_returns_embeddings_of_the_checkpoint(fitted, monkeypatch):
+    workdir, cli = fitted
+    monkeypatch.chdir(workdir)
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    result = run(["predict", "--config", CONFIG, "--trainer.logger=false", f"--ckpt_path={ckpt}"])
+    embeddings = torch.cat(result.trainer.predict_loop.predictions)
+    assert embeddings.shape == (540, 64)
+
+
+def test_config_typos_are_rejected_with_the_key(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", CONFIG, "--model.init_args.criterion.init_args.alpah=3"])
+    assert "alpah" in capsys.readouterr().err
+
+
+def test_console_script_exits_zero_after_a_run(tmp_path):
+    script = Path(sys.executable).with_name("lit-metric")
+    result = subprocess.run(
+        [script, "fit", "--config", CONFIG, "--trainer.fast_dev_run=true", "--trainer.logger=false"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_python_dash_m_is_the_console_script():
+    result = subprocess.run([sys.executable, "-m", "lit_metric", "--help"], capture_output=True, text=True, check=True)
+    assert "{fit,validate,test,predict}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "netrc", "expected"),
+    [({}, "", "offline"), ({"WANDB_API_KEY": "k"}, "", None), ({"WANDB_MODE": "online"}, "", "online"),
+     ({}, "machine api.wandb.ai\n  login user\n  password k\n", None)],
+)
+def test_wandb_goes_offline_without_an_api_key(env, netrc, expected, tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / ".netrc").write_text(netrc)
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    wandb_offline_unless_logged_in()
+    assert __import__("os").environ.get("WANDB_MODE") == expected

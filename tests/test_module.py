@@ -1,0 +1,122 @@
+"""Specification of MetricLearningModule: the steps of training, evaluation and prediction, and subclassing."""
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lit_metric import BinomialDevianceLoss, ConvEmbedder, MetricLearningModule, PairMiner, RetrievalMetrics
+from lit_metric.data import TensorImageDataset
+from lit_metric.functional import binomial_deviance, cosine_similarity
+
+
+def tiny_batch(classes=4, per_class=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    images = torch.rand(len(labels), 1, 8, 8, generator=generator) + labels.view(-1, 1, 1, 1) / classes
+    return {"image": images, "label": labels, "index": torch.arange(len(labels))}
+
+
+def tiny_module(**kwargs):
+    torch.manual_seed(0)
+    return MetricLearningModule(ConvEmbedder(embedding_dim=8, channels=(8, 16)), **kwargs)
+
+
+def tiny_trainer(**kwargs):
+    options = dict(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**options, **kwargs})
+
+
+def loader(batch):
+    return DataLoader(TensorImageDataset(batch["image"], batch["label"]), batch_size=len(batch["label"]))
+
+
+class RecordingMiner(PairMiner):
+    """A miner that weights only the first anchor's pairs, so its use is visible in the loss."""
+
+    def mine(self, similarity, labels, reference_labels, anchor_index=None):
+        m, w = super().mine(similarity, labels, reference_labels, anchor_index)
+        w[1:] = 0
+        self.last = (m, w)
+        return m, w
+
+
+class LossRecorder(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.loss = outputs["loss"].detach()
+
+
+def test_training_step_uses_the_miner_callbacks_pairs():
+    # lr = 0 keeps the weights, and train-mode BatchNorm uses batch statistics, so the step can be replayed.
+    module = tiny_module(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    miner, recorder, batch = RecordingMiner(), LossRecorder(), tiny_batch()
+    tiny_trainer(callbacks=[miner, recorder], max_steps=1).fit(module, loader(batch))
+    m, w = miner.last
+    module.train()
+    expected = binomial_deviance(cosine_similarity(module.embed(batch["image"])), m, w)
+    torch.testing.assert_close(recorder.loss, expected.detach())
+    assert w[1:].sum() == 0 and w[0].sum() > 0
+
+
+def test_without_a_miner_callback_the_papers_pairs_are_used():
+    module, batch = tiny_module(), tiny_batch()
+    module.eval()
+    labels = batch["label"]
+    same = labels[:, None] == labels[None, :]
+    positive, negative = same & ~torch.eye(len(labels), dtype=torch.bool), ~same
+    m = positive.float() - negative.float()
+    w = positive / positive.sum() + negative / negative.sum()
+    expected = BinomialDevianceLoss()(module.embed(batch["image"]), m, w.float())
+    torch.testing.assert_close(module.training_step(batch, 0), expected)
+
+
+def test_predict_step_returns_the_embeddings():
+    module, batch = tiny_module(), tiny_batch()
+    module.eval()
+    torch.testing.assert_close(module.predict_step(batch, 0), module.embed(batch["image"]))
+
+
+def test_validation_and_test_log_the_retrieval_metrics():
+    batch = tiny_batch()
+    module = tiny_module(metrics=RetrievalMetrics(k=[1, 2]))
+    trainer = tiny_trainer()
+    trainer.fit(module, loader(batch), loader(batch))
+    assert {"val/recall@1", "val/map@r", "train/loss"} <= set(trainer.callback_metrics)
+    results = trainer.test(module, loader(batch), verbose=False)[0]
+    assert {"test/recall@1", "test/map@r"} <= set(results)
+    assert 0 <= results["test/map@r"] <= 1
+
+
+def test_optimizer_and_scheduler_are_built_from_callables():
+    module = tiny_module(
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+        scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1),
+    )
+    trainer = tiny_trainer(max_epochs=2)
+    trainer.fit(module, loader(tiny_batch()))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5 * 0.1**2)
+
+
+class DotProductModule(MetricLearningModule):
+    """A user's subclass that changes one thing: the similarity, to a scaled dot product."""
+
+    def similarity(self, embeddings, reference_embeddings):
+        return torch.tanh(embeddings @ reference_embeddings.T)
+
+
+def test_a_subclass_overrides_one_hook_and_trains():
+    torch.manual_seed(0)
+    module = DotProductModule(ConvEmbedder(embedding_dim=8, channels=(8, 16)))
+    batch = tiny_batch()
+    module.eval()
+    embeddings = module.embed(batch["image"])
+    m, w = module.mine(torch.tanh(embeddings @ embeddings.T), batch["label"], batch["label"], batch["index"])
+    expected = binomial_deviance(torch.tanh(embeddings @ embeddings.T), m, w)
+    torch.testing.assert_close(module.training_step(batch, 0), expected)
+    module.train()
+    trainer = tiny_trainer(max_steps=3)
+    trainer.fit(module, loader(batch))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])

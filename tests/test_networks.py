@@ -1,0 +1,22 @@
+"""Specification of the small convolutional embedders."""
+
+import pytest
+import torch
+
+from lit_metric import ConvEmbedder
+
+
+@pytest.mark.parametrize(("shape", "channels"), [((1, 8, 8), (32, 64, 128)), ((1, 56, 46), (16, 32, 64, 128)), ((3, 32, 16), (8,))])
+def test_any_image_size_maps_to_the_embedding_dimension(shape, channels):
+    network = ConvEmbedder(in_channels=shape[0], embedding_dim=24, channels=channels)
+    assert network(torch.rand(5, *shape)).shape == (5, 24)
+
+
+def test_wrong_image_shape_is_named():
+    with pytest.raises(ValueError, match=r"`images` must have shape \(N, 1, H, W\), got shape \(5, 3, 8, 8\)"):
+        ConvEmbedder(in_channels=1)(torch.rand(5, 3, 8, 8))
+
+
+def test_channels_must_name_a_block():
+    with pytest.raises(ValueError, match="`channels` must name at least one block"):
+        ConvEmbedder(channels=())
