@@ -7,6 +7,9 @@ Three implementations side by side in one process, each from embeddings to a sca
 - ``floor``: the same normalisation and matrix product with ``S.sum()`` as the loss, which no loss can beat.
 
 Ratios are against ``floor`` and ``naive``. Run: ``python benchmarks/loss.py`` (``--sizes 256 1024`` for fewer).
+
+A second table puts the cost of mining, ``PairMiner.mine`` (masks, selection, weights, ``M`` and ``W``, logged
+statistics) on the detached similarity, next to the ``lit_metric`` loss step, for the ``all`` and ``hard`` strategies.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from lit_metric import PairMiner
 from lit_metric.functional import binomial_deviance, cosine_similarity
 
 from measure import peak_memory_mb, wall_time_ms
@@ -71,6 +75,24 @@ def main() -> None:
                 f"| {size} | {name} | {ms:.1f} | {ms / results['floor'][0]:.2f} | "
                 f"{ms / results['naive'][0]:.2f} | {mb:.0f} |"
             )
+    mining_table(args.sizes, args.dim, args.repeats)
+
+
+def mining_table(sizes: list[int], dim: int, repeats: int) -> None:
+    """Time of ``PairMiner.mine`` against the loss step that consumes its ``M`` and ``W``."""
+    print("\n| B | strategy | mine ms | loss step ms | mine / loss step |")
+    print("|---|---|---|---|---|")
+    for size in sizes:
+        embeddings = torch.randn(size, dim, requires_grad=True)
+        labels = torch.arange(size) % max(size // 8, 1)
+        similarity = cosine_similarity(embeddings).detach()
+        for strategy in ("all", "hard"):
+            miner = PairMiner(strategy=strategy)
+            m, w = miner.mine(similarity, labels, labels, torch.arange(size))
+            mine_ms = wall_time_ms(lambda: miner.mine(similarity, labels, labels, torch.arange(size)), repeats=repeats)
+            step_ms = wall_time_ms(lambda: lit_metric_step(embeddings, m, w), repeats=repeats)
+            embeddings.grad = None
+            print(f"| {size} | {strategy} | {mine_ms:.1f} | {step_ms:.1f} | {mine_ms / step_ms:.2f} |")
 
 
 if __name__ == "__main__":

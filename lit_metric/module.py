@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
@@ -59,13 +60,27 @@ class MetricLearningModule(L.LightningModule):
         return self.embedding_net(images)
 
     def gather_reference(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """References that the local anchors are compared with: the batch itself on one process.
+        """References that the local anchors are compared with: the global batch.
+
+        On one process that is the batch itself. Under ``torch.distributed`` (DDP) it is every process's batch in
+        rank order, gathered with gradients: the backward pass sums each reference's gradient over the processes and
+        hands every process the part of its own rows. Batches of different sizes are padded for the gather and the
+        padding is dropped, so no process waits on a shape that never comes.
+
+        Args:
+            embeddings: ``(B, D)`` embeddings of this process's batch.
+            labels: ``(B,)`` labels of this process's batch.
 
         Returns:
             ``(reference_embeddings (R, D), reference_labels (R,), anchor_index (B,))``, where ``anchor_index`` is the
-            position of each local anchor among the references.
+            position of each local anchor among the references (its global index).
         """
-        return embeddings, labels, torch.arange(len(labels), device=labels.device)
+        anchor_index = torch.arange(len(labels), device=labels.device)
+        if _world_size() == 1:
+            return embeddings, labels, anchor_index
+        sizes = _gather_sizes(len(labels), labels.device)
+        offset = sum(sizes[: dist.get_rank()])
+        return _GatherRows.apply(embeddings, sizes), _gather_rows(labels, sizes), anchor_index + offset
 
     def similarity(self, embeddings: Tensor, reference_embeddings: Tensor) -> Tensor:
         """``(B, R)`` cosine similarity in float32, also under mixed precision."""
@@ -89,14 +104,22 @@ class MetricLearningModule(L.LightningModule):
         return self.miner.mine(similarity, labels, reference_labels, anchor_index)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """This process's share of the global-batch loss, scaled by the world size for DDP.
+
+        The shares of all processes sum to the loss of one process that sees the whole global batch; DDP averages
+        gradients over processes, so the factor ``world_size`` makes the applied gradient that of the sum. The
+        logged ``train/loss`` is the global loss.
+        """
         labels = batch["label"]
         embeddings = self.embed(batch["image"])
         reference, reference_labels, anchor_index = self.gather_reference(embeddings, labels)
         similarity = self.similarity(embeddings, reference)
         m, w = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
         loss = self.criterion.from_similarity(similarity, m, w)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
-        return loss
+        self.log(
+            "train/loss", loss.detach(), prog_bar=True, sync_dist=True, reduce_fx="sum", batch_size=len(reference_labels)
+        )
+        return loss * _world_size()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._update_metrics(self.val_metrics, batch)
@@ -137,3 +160,45 @@ class MetricLearningModule(L.LightningModule):
         values = metrics.compute()
         metrics.reset()
         self.log_dict({f"{stage}/{name}": value.float() for name, value in values.items()})
+
+
+def _world_size() -> int:
+    """Number of processes of ``torch.distributed``, 1 when it is not initialised."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_sizes(size: int, device: torch.device) -> list[int]:
+    """The batch size of every process, in rank order."""
+    sizes = [torch.zeros((), dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor(size, device=device))
+    return [int(s) for s in sizes]
+
+
+def _gather_rows(tensor: Tensor, sizes: list[int]) -> Tensor:
+    """Concatenation of every process's ``(sizes[rank], ...)`` tensor, padded to the largest for the collective."""
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([rows[:size] for rows, size in zip(gathered, sizes)])
+
+
+class _GatherRows(torch.autograd.Function):
+    """:func:`_gather_rows` whose backward sums the gradient over processes and keeps this process's rows.
+
+    Each process's loss depends on every process's rows, so a row's full gradient is the sum over processes. An
+    all-reduce of the ``(R, D)`` gradient does that on every backend (gloo has no reduce-scatter); embeddings are
+    small next to the ``(B, R)`` similarity, so the extra traffic does not matter.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, sizes: list[int]) -> Tensor:
+        ctx.start = sum(sizes[: dist.get_rank()])
+        ctx.size = len(tensor)
+        return _gather_rows(tensor, sizes)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.start : ctx.start + ctx.size], None

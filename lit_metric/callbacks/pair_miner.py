@@ -1,15 +1,30 @@
-"""The pair-mining callback: builds the loss's ``M`` and ``W`` for every training batch."""
+"""The pair-mining callback: builds the loss's ``M`` and ``W`` for every training batch, logs what it kept, and
+changes its settings by epoch."""
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
 import lightning as L
+import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from lit_metric.functional.mining import balanced_weights, pair_masks, pair_matrices
+from lit_metric.functional.mining import (
+    STRATEGIES,
+    WEIGHTINGS,
+    mining_statistics,
+    pair_counts,
+    pair_masks,
+    pair_matrices,
+    pair_weights,
+    select_pairs,
+)
 
 __all__ = ["PairMiner"]
+
+_SETTINGS = ("strategy", "weighting", "negative_cost", "margin", "negatives_per_anchor")
 
 
 class PairMiner(L.Callback):
@@ -18,25 +33,76 @@ class PairMiner(L.Callback):
     :class:`~lit_metric.MetricLearningModule` calls :meth:`mine` on the miner registered as a trainer callback
     (or on a default ``PairMiner()`` when there is none), so mining changes by configuration, not by code.
 
+    A miner registered as a callback logs, every training step and over the global batch: ``mining/pairs_kept``
+    (fraction of the candidate pairs kept), ``mining/num_positive`` and ``mining/num_negative`` (kept pairs),
+    ``mining/positive_similarity`` and ``mining/negative_similarity`` (mean over the kept pairs, NaN when there are
+    none) and ``mining/hardest_negative_similarity`` (each anchor's most similar negative, averaged over anchors).
+
+    Under ``torch.distributed``, :meth:`mine` gets this process's rows against the global batch and sums its pair
+    counts over processes, so the weights are those of the global batch and the local losses add up to the
+    single-process loss. It is then a collective call: every process must call it once per step.
+
     Args:
-        strategy: which pairs count. ``"all"``: every pair ``i != j``, as in the paper.
-        weighting: how counted pairs are weighted. ``"balanced"``: ``1 / n_pos`` on positives and
-            ``1 / n_neg`` on negatives, as in the paper.
-        negative_cost: the asymmetric cost ``C`` of negative pairs (``M = -C``), 1 in the paper's original form.
+        strategy: which pairs count. ``"all"``: every pair ``i != j``, as in the paper. ``"hard"``: the
+            multi-similarity selection: negatives more similar than the anchor's hardest positive minus ``margin``,
+            positives less similar than its hardest negative plus ``margin``. ``"topk_negatives"``: every positive
+            and the ``negatives_per_anchor`` most similar negatives of each anchor.
+        weighting: how counted pairs are weighted. ``"balanced"``: ``1 / n_pos`` on positives and ``1 / n_neg`` on
+            negatives over the global batch, as in the paper. ``"per_anchor"``: each anchor's positives and negatives
+            averaged separately, then averaged over the anchors that have pairs. ``"uniform"``: the mean over all
+            counted pairs.
+        negative_cost: the asymmetric cost ``C`` of negative pairs (``M = -C``). 1 is the loss's symmetric form;
+            the literature used about 10 for person re-identification and 25 for product and bird retrieval, where
+            negatives vastly outnumber positives.
+        margin: slack of the ``"hard"`` strategy.
+        negatives_per_anchor: ``k`` of the ``"topk_negatives"`` strategy.
+        schedule: changes of settings by epoch, e.g. ``[{"epoch": 5, "strategy": "hard"}]``. From each entry's
+            epoch on, its settings replace the ones before; settings it does not name carry over.
     """
 
     def __init__(
         self,
-        strategy: Literal["all"] = "all",
-        weighting: Literal["balanced"] = "balanced",
+        strategy: Literal["all", "hard", "topk_negatives"] = "all",
+        weighting: Literal["balanced", "per_anchor", "uniform"] = "balanced",
         negative_cost: float = 1.0,
+        margin: float = 0.1,
+        negatives_per_anchor: int = 10,
+        schedule: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        if not negative_cost > 0:
-            raise ValueError(f"`negative_cost` must be > 0, got {negative_cost}")
         self.strategy = strategy
         self.weighting = weighting
         self.negative_cost = negative_cost
+        self.margin = margin
+        self.negatives_per_anchor = negatives_per_anchor
+        _check_settings(self.settings, "")
+        self.schedule = _checked_schedule(schedule)
+        self._initial_settings = self.settings
+        self.statistics: dict[str, Tensor] = {}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The current strategy, weighting, negative cost, margin and negatives per anchor."""
+        return {name: getattr(self, name) for name in _SETTINGS}
+
+    def settings_at(self, epoch: int) -> dict[str, Any]:
+        """The settings that :attr:`schedule` gives for ``epoch``, starting from the constructor's."""
+        settings = dict(self._initial_settings)
+        for entry in self.schedule:
+            if entry["epoch"] <= epoch:
+                settings.update({name: value for name, value in entry.items() if name != "epoch"})
+        return settings
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for name, value in self.settings_at(trainer.current_epoch).items():
+            setattr(self, name, value)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # The statistics are already global (summed in `mine`), so no sync_dist is needed.
+        for name, value in self.statistics.items():
+            pl_module.log(f"mining/{name}", value, on_step=True, on_epoch=False)
 
     def mine(
         self, similarity: Tensor, labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None
@@ -46,7 +112,7 @@ class PairMiner(L.Callback):
         Args:
             similarity: ``(B, R)`` detached similarities of the anchors against the references.
             labels: ``(B,)`` anchor labels.
-            reference_labels: ``(R,)`` reference labels.
+            reference_labels: ``(R,)`` reference labels (the global batch under ``torch.distributed``).
             anchor_index: ``(B,)`` position of each anchor among the references, or ``None``.
 
         Returns:
@@ -57,6 +123,75 @@ class PairMiner(L.Callback):
                 f"`similarity` must have shape (len(labels), len(reference_labels)) = "
                 f"({labels.shape[0]}, {reference_labels.shape[0]}), got {tuple(similarity.shape)}"
             )
-        positive, negative = pair_masks(labels, reference_labels, anchor_index)
-        weights = balanced_weights(positive, negative, positive.sum(), negative.sum())
-        return pair_matrices(positive, negative, weights, self.negative_cost)
+        candidate_positive, candidate_negative = pair_masks(labels, reference_labels, anchor_index)
+        # Every pair is a candidate but an anchor with itself: counted without a pass over the masks.
+        num_candidates = similarity.new_tensor(similarity.numel() - (0 if anchor_index is None else len(labels)))
+        positive, negative = select_pairs(
+            similarity, candidate_positive, candidate_negative, self.strategy, self.margin, self.negatives_per_anchor
+        )
+        counts = _sum_over_processes(pair_counts(positive, negative))
+        positive_weight, negative_weight = pair_weights(positive, negative, self.weighting, counts)
+        m, w = pair_matrices(positive, negative, positive_weight, negative_weight, self.negative_cost)
+        sums = _sum_over_processes(mining_statistics(similarity, candidate_negative, num_candidates, positive, negative))
+        self.statistics = _statistics(counts, sums)
+        return m, w
+
+
+def _statistics(counts: Tensor, sums: Tensor) -> dict[str, Tensor]:
+    """Logged statistics from the global :func:`pair_counts` and :func:`mining_statistics`.
+
+    A mean over an empty set (e.g. no negatives kept) is NaN; testing for it here would stall the GPU every step.
+    """
+    num_positive, num_negative = counts[0].float(), counts[1].float()
+    num_candidates, positive_sum, negative_sum, hardest_sum, num_with_negative = sums
+    return {
+        "pairs_kept": (num_positive + num_negative) / num_candidates.clamp_min(1),
+        "num_positive": num_positive,
+        "num_negative": num_negative,
+        "positive_similarity": positive_sum / num_positive,
+        "negative_similarity": negative_sum / num_negative,
+        "hardest_negative_similarity": hardest_sum / num_with_negative,
+    }
+
+
+def _sum_over_processes(tensor: Tensor) -> Tensor:
+    """``tensor`` summed over the processes of ``torch.distributed`` (itself on one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def _check_settings(settings: dict[str, Any], where: str) -> None:
+    """Raise a ValueError naming the first invalid setting; ``where`` locates it, e.g. in a schedule entry."""
+    if "strategy" in settings and settings["strategy"] not in STRATEGIES:
+        raise ValueError(f"`strategy`{where} must be one of {', '.join(map(repr, STRATEGIES))}, got {settings['strategy']!r}")
+    if "weighting" in settings and settings["weighting"] not in WEIGHTINGS:
+        raise ValueError(
+            f"`weighting`{where} must be one of {', '.join(map(repr, WEIGHTINGS))}, got {settings['weighting']!r}"
+        )
+    if "negative_cost" in settings and not settings["negative_cost"] > 0:
+        raise ValueError(f"`negative_cost`{where} must be > 0, got {settings['negative_cost']}")
+    if "margin" in settings and not math.isfinite(settings["margin"]):
+        raise ValueError(f"`margin`{where} must be a finite number, got {settings['margin']}")
+    if "negatives_per_anchor" in settings:
+        k = settings["negatives_per_anchor"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"`negatives_per_anchor`{where} must be an integer >= 1, got {k!r}")
+
+
+def _checked_schedule(schedule: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The schedule's entries sorted by epoch, each checked like the constructor's arguments."""
+    entries = []
+    for position, entry in enumerate(schedule or []):
+        where = f" in `schedule[{position}]`"
+        epoch = entry.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"`epoch`{where} must be an integer >= 0, got {epoch!r}")
+        unknown = sorted(set(entry) - {"epoch", *_SETTINGS})
+        if unknown:
+            raise ValueError(f"`schedule[{position}]` has unknown settings {unknown}; expected some of {list(_SETTINGS)}")
+        _check_settings(entry, where)
+        entries.append(dict(entry))
+    return sorted(entries, key=lambda entry: entry["epoch"])

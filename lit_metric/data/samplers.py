@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -17,19 +16,26 @@ class PKSampler(DistributedSampler):
 
     Use it as ``DataLoader(dataset, sampler=sampler, batch_size=sampler.batch_size, drop_last=True)``. Every
     process draws the same global list of batches from ``seed + epoch`` and takes every ``num_replicas``-th one, so
-    the batches of the ranks are disjoint and class-balanced, and every rank gets the same number of batches. It is
-    a :class:`~torch.utils.data.DistributedSampler` so that Lightning, with ``use_distributed_sampler`` at its
-    default, keeps it instead of wrapping it, and calls :meth:`set_epoch` each epoch to reshuffle.
+    the batches of the ranks are disjoint and class-balanced. It is a :class:`~torch.utils.data.DistributedSampler`
+    so that Lightning, with ``use_distributed_sampler`` at its default, keeps it instead of wrapping it, and calls
+    :meth:`set_epoch` each epoch to reshuffle.
 
-    Within an epoch, every sample is used at most once (unless ``replacement``); samples of a class that do not fill
-    a group of K are left out of that epoch.
+    The world size and rank that are not given are read from ``torch.distributed`` each time the sampler is
+    iterated, not when it is built: a sampler built before Lightning starts its processes (a ``DataLoader`` passed to
+    ``Trainer.fit`` under ``ddp`` or ``ddp_spawn``) still shards by the processes it ends up in.
+
+    Within an epoch, every sample is used at most once (unless ``replacement``, which may also repeat a sample on two
+    ranks). Every epoch has the same number of batches, the most that the classes' groups of K can fill with P
+    distinct classes each; samples of a class that do not fill a group of K, the few groups over, and the last
+    batches that cannot go one to every rank are left out of that epoch: the documented ``drop_last`` that keeps
+    every rank's batches full and equal in number, so no rank waits at a collective for a batch that never comes.
 
     Args:
         labels: the class of every dataset item, in dataset order.
         classes_per_batch: P, distinct classes in each batch.
         samples_per_class: K, samples of each class in each batch.
-        num_replicas: number of processes; defaults to the world size of the process group, or 1.
-        rank: this process's rank; defaults to the rank in the process group, or 0.
+        num_replicas: number of processes; defaults to the world size of the process group at iteration, or 1.
+        rank: this process's rank; defaults to the rank in the process group at iteration, or 0.
         seed: seed of the shuffle, shared by all processes.
         replacement: draw with replacement within a class, so that classes with fewer than K samples can be used.
     """
@@ -62,21 +68,37 @@ class PKSampler(DistributedSampler):
                 f"classes {small[:10]} have fewer than `samples_per_class` = {samples_per_class} samples; "
                 "lower `samples_per_class` or set `replacement=True`"
             )
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        if not 0 <= rank < num_replicas:
+        if num_replicas is not None and num_replicas < 1:
+            raise ValueError(f"`num_replicas` must be >= 1, got {num_replicas}")
+        if rank is not None and rank < 0:
+            raise ValueError(f"`rank` must be >= 0, got {rank}")
+        if rank is not None and num_replicas is not None and rank >= num_replicas:
             raise ValueError(f"`rank` must be in [0, {num_replicas}), got {rank}")
         self.classes_per_batch = classes_per_batch
         self.samples_per_class = samples_per_class
-        self.num_replicas = num_replicas
-        self.rank = rank
+        self._num_replicas = num_replicas
+        self._rank = rank
         self.seed = seed
         self.replacement = replacement
         self.epoch = 0
-        self._cache: tuple[int, list[torch.Tensor]] | None = None
-        self._members = [torch.nonzero(labels == c).flatten() for c in classes]
+        self._cache: tuple[tuple[int, int], list[torch.Tensor]] | None = None
+        # One sort instead of a comparison of all labels per class, which is quadratic on data sets of many classes.
+        self._members = list(torch.argsort(labels, stable=True).split(counts.tolist()))
+        self._num_batches = self._max_batches()
+
+    @property
+    def num_replicas(self) -> int:
+        """The number of processes the batches are sharded over."""
+        if self._num_replicas is not None:
+            return self._num_replicas
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def rank(self) -> int:
+        """This process's shard."""
+        if self._rank is not None:
+            return self._rank
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
     @property
     def batch_size(self) -> int:
@@ -84,38 +106,71 @@ class PKSampler(DistributedSampler):
 
     def global_batches(self) -> list[torch.Tensor]:
         """All batches of this epoch, for all ranks: a list of ``(P * K,)`` index tensors."""
-        if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._draw_batches())
+        key = (self.epoch, self.num_replicas)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._draw_batches())
         return self._cache[1]
 
     def _draw_batches(self) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        k = self.samples_per_class
-        groups = []
-        for members in self._members:
-            if self.replacement:
-                count = max(len(members) // k, 1)
-                picks = members[torch.randint(len(members), (count * k,), generator=generator)]
-            else:
-                picks = members[torch.randperm(len(members), generator=generator)]
-                picks = picks[: len(picks) // k * k]
-            groups.append(list(picks.view(-1, k)))
+        groups = [self._class_groups(members, generator) for members in self._members]
+        remaining = self._groups_to_use(torch.tensor([len(g) for g in groups]), generator)
         batches = []
-        remaining = torch.tensor([len(g) for g in groups], dtype=torch.float)
-        while int((remaining > 0).sum()) >= self.classes_per_batch:
-            # Drawing classes in proportion to their remaining groups spreads large classes over the whole epoch.
-            chosen = torch.multinomial(remaining, self.classes_per_batch, generator=generator)
+        for left in range(self._num_batches, 0, -1):
+            # A class with a group for every batch left must be in each of them; the other classes are drawn in
+            # proportion to their remaining groups, which spreads large classes over the whole epoch.
+            forced = torch.nonzero(remaining == left).flatten()
+            weights = remaining.float().index_fill_(0, forced, 0.0)
+            free = self.classes_per_batch - len(forced)
+            drawn = torch.multinomial(weights, free, generator=generator) if free else forced[:0]
+            chosen = torch.cat([forced, drawn])
             batches.append(torch.cat([groups[c].pop() for c in chosen.tolist()]))
             remaining[chosen] -= 1
         per_rank = len(batches) // self.num_replicas
         return batches[: per_rank * self.num_replicas]
 
+    def _class_groups(self, members: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """A class's samples shuffled into groups of K (drawn with replacement if ``replacement``)."""
+        k = self.samples_per_class
+        if self.replacement:
+            picks = members[torch.randint(len(members), (self._groups_per_class(len(members)) * k,), generator=generator)]
+        else:
+            picks = members[torch.randperm(len(members), generator=generator)][: len(members) // k * k]
+        return list(picks.view(-1, k))
+
+    def _groups_per_class(self, size: int) -> int:
+        k = self.samples_per_class
+        return max(size // k, 1) if self.replacement else size // k
+
+    def _max_batches(self) -> int:
+        """The most batches of P distinct classes that the class groups fill: the largest ``n`` with
+        ``sum(min(groups_c, n)) >= P * n`` (no class can be in a batch twice)."""
+        groups = torch.tensor([self._groups_per_class(len(members)) for members in self._members])
+        low, high = 0, int(groups.sum()) // self.classes_per_batch
+        while low < high:
+            middle = (low + high + 1) // 2
+            if int(groups.clamp(max=middle).sum()) >= self.classes_per_batch * middle:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def _groups_to_use(self, groups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Groups per class to use this epoch: at most one per batch, and exactly P per batch in total, so that every
+        epoch has the same number of batches. The fewer than P groups over are dropped from random classes."""
+        groups = groups.clamp(max=self._num_batches)
+        for _ in range(int(groups.sum()) - self.classes_per_batch * self._num_batches):
+            groups[torch.multinomial(groups.float(), 1, generator=generator)] -= 1
+        return groups
+
     def __iter__(self) -> Iterator[int]:
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"`rank` must be in [0, {self.num_replicas}), got {self.rank}")
         batches = self.global_batches()[self.rank :: self.num_replicas]
         return iter(torch.cat(batches).tolist() if batches else [])
 
     def __len__(self) -> int:
-        return len(self.global_batches()) // self.num_replicas * self.batch_size
+        return self._num_batches // self.num_replicas * self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

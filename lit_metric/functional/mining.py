@@ -1,11 +1,38 @@
-"""Pair masks and pair matrices: which pairs of a batch count, and the ``M`` and ``W`` the loss sees."""
+"""Pair mining as pure tensor functions: which pairs of a batch count, how they are weighted, and the loss's ``M``, ``W``.
+
+Everything works on the rows of one process against the references of the whole (global) batch, with masks and no
+loop over anchors. Selection is per row, so a process that holds some of the rows selects exactly the pairs that a
+single process holding all rows would. Weights that divide by a count over the whole batch take that count as an
+argument: the caller sums :func:`pair_counts` over processes first (:class:`lit_metric.PairMiner` does).
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["pair_masks", "pair_matrices", "balanced_weights"]
+__all__ = [
+    "STRATEGIES",
+    "WEIGHTINGS",
+    "balanced_weights",
+    "hard_pairs",
+    "hardest_negatives",
+    "mining_statistics",
+    "pair_counts",
+    "pair_masks",
+    "pair_matrices",
+    "pair_weights",
+    "per_anchor_weights",
+    "select_pairs",
+    "uniform_weights",
+]
+
+Strategy = Literal["all", "hard", "topk_negatives"]
+Weighting = Literal["balanced", "per_anchor", "uniform"]
+STRATEGIES: tuple[str, ...] = ("all", "hard", "topk_negatives")
+WEIGHTINGS: tuple[str, ...] = ("balanced", "per_anchor", "uniform")
 
 
 def pair_masks(labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -33,31 +60,167 @@ def pair_masks(labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | 
     return same, negative
 
 
-def balanced_weights(positive: Tensor, negative: Tensor, num_positive: Tensor, num_negative: Tensor) -> Tensor:
-    """The paper's weights: ``1 / n_pos`` on positive pairs and ``1 / n_neg`` on negative pairs.
+def hard_pairs(similarity: Tensor, positive: Tensor, negative: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    """Multi-similarity-style selection: the pairs that are hard relative to the anchor's hardest pair of the other kind.
 
-    A batch with no positive (or no negative) pair has nothing to weight on that side; the count is clamped to 1
-    so that the empty side contributes zero instead of dividing by zero.
+    Anchor ``i`` keeps the negatives with ``S_ij > min_positive_i - margin`` and the positives with
+    ``S_ij < max_negative_i + margin``. An anchor with no positive keeps no negative, and one with no negative keeps
+    no positive: there is nothing to be hard relative to.
 
     Args:
-        positive: ``(B, R)`` boolean mask of the positive pairs that count.
-        negative: ``(B, R)`` boolean mask of the negative pairs that count.
+        similarity: ``(B, R)`` similarities; read without gradient.
+        positive: ``(B, R)`` boolean mask of the candidate positive pairs.
+        negative: ``(B, R)`` boolean mask of the candidate negative pairs.
+        margin: how far past the other kind's hardest pair a pair still counts as hard.
+
+    Returns:
+        ``(positive, negative)``, the kept ``(B, R)`` boolean masks.
+    """
+    similarity = similarity.detach()
+    blocks = _row_blocks(similarity)
+    hardest_positive = torch.cat([_masked_extreme(similarity[rows], positive[rows], "min") for rows in blocks])
+    hardest_negative = torch.cat([_masked_extreme(similarity[rows], negative[rows], "max") for rows in blocks])
+    return positive & (similarity < hardest_negative + margin), negative & (similarity > hardest_positive - margin)
+
+
+def hardest_negatives(similarity: Tensor, negative: Tensor, k: int) -> Tensor:
+    """The ``k`` most similar negatives of each anchor (all of them when it has fewer than ``k``).
+
+    Args:
+        similarity: ``(B, R)`` similarities; read without gradient.
+        negative: ``(B, R)`` boolean mask of the candidate negative pairs.
+        k: negatives kept per anchor, ``>= 1``.
+
+    Returns:
+        ``(B, R)`` boolean mask of the kept negative pairs.
+    """
+    k = min(k, similarity.shape[1])
+    top = torch.where(negative, similarity, -float("inf")).topk(k, dim=1, sorted=False).indices
+    # topk fills rows with fewer than k negatives with non-negatives; the final `&` drops those.
+    return torch.zeros_like(negative).scatter_(1, top, True) & negative
+
+
+def select_pairs(
+    similarity: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    strategy: Strategy = "all",
+    margin: float = 0.1,
+    negatives_per_anchor: int = 10,
+) -> tuple[Tensor, Tensor]:
+    """The pairs that ``strategy`` keeps among the candidates.
+
+    ``"all"`` keeps every candidate, ``"hard"`` applies :func:`hard_pairs` with ``margin`` and ``"topk_negatives"``
+    keeps every positive and the ``negatives_per_anchor`` hardest negatives (:func:`hardest_negatives`).
+
+    Args:
+        similarity: ``(B, R)`` similarities; read without gradient.
+        positive: ``(B, R)`` boolean mask of the candidate positive pairs.
+        negative: ``(B, R)`` boolean mask of the candidate negative pairs.
+
+    Returns:
+        ``(positive, negative)``, the kept ``(B, R)`` boolean masks.
+    """
+    _check_choice("strategy", strategy, STRATEGIES)
+    if strategy == "hard":
+        return hard_pairs(similarity, positive, negative, margin)
+    if strategy == "topk_negatives":
+        return positive, hardest_negatives(similarity, negative, negatives_per_anchor)
+    return positive, negative
+
+
+def pair_counts(positive: Tensor, negative: Tensor) -> Tensor:
+    """``(3,)`` int64 ``[positive pairs, negative pairs, anchors with at least one pair]`` of these rows.
+
+    Summed over processes, these are the whole-batch counts that :func:`pair_weights` divides by.
+    """
+    has_pair = positive.any(dim=1) | negative.any(dim=1)
+    return torch.stack([torch.count_nonzero(positive), torch.count_nonzero(negative), torch.count_nonzero(has_pair)])
+
+
+def balanced_weights(num_positive: Tensor, num_negative: Tensor) -> tuple[Tensor, Tensor]:
+    """The paper's weights: ``1 / n_pos`` on every positive pair and ``1 / n_neg`` on every negative pair.
+
+    A batch with no positive (or no negative) pair has nothing to weight on that side; the count is clamped to 1
+    so that the weight stays finite and weights nothing.
+
+    Args:
         num_positive: scalar count of positive pairs over the whole (global) batch.
         num_negative: scalar count of negative pairs over the whole (global) batch.
 
     Returns:
-        ``(B, R)`` float32 weights.
+        ``(positive_weight, negative_weight)``, float32 scalars.
     """
-    return positive / num_positive.clamp_min(1) + negative / num_negative.clamp_min(1)
+    return 1.0 / num_positive.clamp_min(1).float(), 1.0 / num_negative.clamp_min(1).float()
 
 
-def pair_matrices(positive: Tensor, negative: Tensor, weights: Tensor, negative_cost: float = 1.0) -> tuple[Tensor, Tensor]:
-    """``M`` (``+1`` positive, ``-negative_cost`` negative, ``0`` elsewhere) and ``W`` (zero where ``M`` is).
+def per_anchor_weights(positive: Tensor, negative: Tensor, num_anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """Each anchor's positives and negatives averaged separately, then the anchors averaged.
+
+    Anchor ``i`` gives ``1 / n_pos_i`` to each of its positives and ``1 / n_neg_i`` to each of its negatives; both
+    are divided by ``num_anchors``, the anchors of the whole batch that have at least one pair. An anchor without
+    pairs has nothing to weight and does not count.
 
     Args:
         positive: ``(B, R)`` boolean mask of the positive pairs that count.
         negative: ``(B, R)`` boolean mask of the negative pairs that count.
-        weights: ``(B, R)`` non-negative weights of the counted pairs.
+        num_anchors: scalar count of anchors with at least one pair over the whole (global) batch.
+
+    Returns:
+        ``(positive_weight, negative_weight)``, float32 ``(B, 1)`` columns.
+    """
+    anchors = num_anchors.clamp_min(1).float()
+    # A sum in int32 is much faster than bool.sum(), which widens every element to int64.
+    positive_per_anchor = positive.sum(dim=1, keepdim=True, dtype=torch.int32).clamp_min_(1)
+    negative_per_anchor = negative.sum(dim=1, keepdim=True, dtype=torch.int32).clamp_min_(1)
+    return 1.0 / (positive_per_anchor * anchors), 1.0 / (negative_per_anchor * anchors)
+
+
+def uniform_weights(num_pairs: Tensor) -> tuple[Tensor, Tensor]:
+    """The same weight ``1 / num_pairs`` on every pair that counts: the plain mean over the whole batch's pairs.
+
+    Args:
+        num_pairs: scalar count of the pairs that count over the whole (global) batch.
+
+    Returns:
+        ``(positive_weight, negative_weight)``, equal float32 scalars.
+    """
+    weight = 1.0 / num_pairs.clamp_min(1).float()
+    return weight, weight
+
+
+def pair_weights(positive: Tensor, negative: Tensor, weighting: Weighting, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """The weight of each kept pair under ``weighting``, per kind of pair.
+
+    Args:
+        positive: ``(B, R)`` boolean mask of the positive pairs that count.
+        negative: ``(B, R)`` boolean mask of the negative pairs that count.
+        weighting: ``"balanced"`` (:func:`balanced_weights`), ``"per_anchor"`` (:func:`per_anchor_weights`) or
+            ``"uniform"`` (:func:`uniform_weights`).
+        counts: ``(3,)`` :func:`pair_counts` of the whole batch, i.e. summed over processes.
+
+    Returns:
+        ``(positive_weight, negative_weight)``: float32 scalars, or ``(B, 1)`` columns for ``"per_anchor"``.
+    """
+    _check_choice("weighting", weighting, WEIGHTINGS)
+    num_positive, num_negative, num_anchors = counts
+    if weighting == "per_anchor":
+        return per_anchor_weights(positive, negative, num_anchors)
+    if weighting == "uniform":
+        return uniform_weights(num_positive + num_negative)
+    return balanced_weights(num_positive, num_negative)
+
+
+def pair_matrices(
+    positive: Tensor, negative: Tensor, positive_weight: Tensor, negative_weight: Tensor, negative_cost: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The loss's ``M`` (``+1`` positive, ``-negative_cost`` negative, 0 elsewhere) and ``W`` (0 where ``M`` is).
+
+    Args:
+        positive: ``(B, R)`` boolean mask of the positive pairs that count.
+        negative: ``(B, R)`` boolean mask of the negative pairs that count (disjoint from ``positive``).
+        positive_weight: weight of the positive pairs: a scalar or a ``(B, 1)`` column, ``>= 0``.
+        negative_weight: weight of the negative pairs: a scalar or a ``(B, 1)`` column, ``>= 0``.
         negative_cost: the asymmetric cost ``C`` of negative pairs, ``> 0``.
 
     Returns:
@@ -65,9 +228,76 @@ def pair_matrices(positive: Tensor, negative: Tensor, weights: Tensor, negative_
     """
     if not negative_cost > 0:
         raise ValueError(f"`negative_cost` must be > 0, got {negative_cost}")
-    m = positive.float() - negative_cost * negative.float()
-    w = weights.float() * (positive | negative)
+    m = torch.empty(positive.shape, device=positive.device)
+    w = torch.empty_like(m)
+    zero, one, cost = (m.new_tensor(value) for value in (0.0, 1.0, -negative_cost))
+    positive_weight, negative_weight = positive_weight.to(m), negative_weight.to(m)
+    for rows in _row_blocks(m):
+        m[rows] = torch.where(positive[rows], one, torch.where(negative[rows], cost, zero))
+        w[rows] = torch.where(
+            positive[rows], _block(positive_weight, rows), torch.where(negative[rows], _block(negative_weight, rows), zero)
+        )
     return m, w
+
+
+def mining_statistics(
+    similarity: Tensor, candidate_negative: Tensor, num_candidates: Tensor, positive: Tensor, negative: Tensor
+) -> Tensor:
+    """Sums from which the miner's logged statistics follow, so that they can be summed over processes first.
+
+    Args:
+        similarity: ``(B, R)`` similarities; read without gradient.
+        candidate_negative: ``(B, R)`` boolean mask of all negative pairs, before selection.
+        num_candidates: scalar count of all pairs, positive and negative, before selection.
+        positive: ``(B, R)`` boolean mask of the kept positive pairs.
+        negative: ``(B, R)`` boolean mask of the kept negative pairs.
+
+    Returns:
+        ``(5,)`` float32 ``[candidate pairs, sum of kept positive similarities, sum of kept negative similarities,
+        sum over anchors of the hardest negative similarity, anchors with a negative]``.
+    """
+    similarity = similarity.detach()
+    sums = torch.zeros(3, dtype=torch.float32, device=similarity.device)
+    has_negative = candidate_negative.any(dim=1)
+    for rows in _row_blocks(similarity):
+        block, zero = similarity[rows], similarity.new_zeros(())
+        hardest = _masked_extreme(block, candidate_negative[rows], "max").squeeze(1)
+        sums += torch.stack(
+            [
+                torch.where(positive[rows], block, zero).sum(dtype=torch.float32),
+                torch.where(negative[rows], block, zero).sum(dtype=torch.float32),
+                hardest[has_negative[rows]].sum(dtype=torch.float32),
+            ]
+        )
+    return torch.cat([num_candidates.float().view(1), sums, torch.count_nonzero(has_negative).float().view(1)])
+
+
+def _masked_extreme(similarity: Tensor, mask: Tensor, extreme: Literal["min", "max"]) -> Tensor:
+    """``(B, 1)`` row-wise min or max of ``similarity`` over ``mask``; +inf (min) or -inf (max) for empty rows."""
+    if extreme == "min":
+        return torch.where(mask, similarity, float("inf")).amin(dim=1, keepdim=True)
+    return torch.where(mask, similarity, -float("inf")).amax(dim=1, keepdim=True)
+
+
+def _row_blocks(matrix: Tensor, elements: int = 1 << 18) -> list[slice]:
+    """Slices of about ``elements`` entries' worth of rows of ``matrix``.
+
+    Mining works block by block so that its float temporaries stay cache-sized: a fresh (B, R) float tensor costs
+    more to allocate (page faults) than to fill.
+    """
+    rows, columns = matrix.shape
+    step = max(elements // max(columns, 1), 1)
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _block(weight: Tensor, rows: slice) -> Tensor:
+    """The rows of a ``(B, 1)`` per-anchor weight, or a scalar weight as it is."""
+    return weight[rows] if weight.ndim == 2 else weight
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _check_labels(name: str, labels: Tensor) -> None:

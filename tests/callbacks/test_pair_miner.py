@@ -1,0 +1,206 @@
+"""PairMiner as a callback: its settings and their validation, the schedule, the logged statistics, YAML
+configuration and mixed precision."""
+
+from __future__ import annotations
+
+import math
+
+import jsonargparse
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lit_metric import ConvEmbedder, MetricLearningModule, PairMiner
+from lit_metric.data import TensorImageDataset
+from lit_metric.functional import binomial_deviance, cosine_similarity
+
+
+def batch(classes=4, per_class=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    images = torch.rand(len(labels), 1, 8, 8, generator=generator) + labels.view(-1, 1, 1, 1) / classes
+    return images, labels
+
+
+def loader(images, labels, batch_size=None):
+    return DataLoader(TensorImageDataset(images, labels), batch_size=batch_size or len(labels))
+
+
+def trainer(**kwargs):
+    options = dict(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return L.Trainer(**{**options, **kwargs})
+
+
+def module():
+    torch.manual_seed(0)
+    return MetricLearningModule(ConvEmbedder(embedding_dim=8, channels=(8, 16)))
+
+
+class SettingsRecorder(L.Callback):
+    def __init__(self, miner):
+        self.miner, self.per_epoch = miner, []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.per_epoch.append(dict(self.miner.settings))
+
+
+# Settings and their validation.
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(strategy="semi-hard"), r"`strategy` must be one of 'all', 'hard', 'topk_negatives', got 'semi-hard'"),
+        (dict(weighting="mean"), r"`weighting` must be one of 'balanced', 'per_anchor', 'uniform', got 'mean'"),
+        (dict(negative_cost=0.0), r"`negative_cost` must be > 0, got 0.0"),
+        (dict(margin=math.nan), r"`margin` must be a finite number, got nan"),
+        (dict(negatives_per_anchor=0), r"`negatives_per_anchor` must be an integer >= 1, got 0"),
+        (dict(schedule=[{"strategy": "hard"}]), r"`epoch` in `schedule\[0\]` must be an integer >= 0, got None"),
+        (dict(schedule=[{"epoch": -1}]), r"`epoch` in `schedule\[0\]` must be an integer >= 0, got -1"),
+        (
+            dict(schedule=[{"epoch": 2, "stratgy": "hard"}]),
+            r"`schedule\[0\]` has unknown settings \['stratgy'\]; expected some of \['strategy', 'weighting'",
+        ),
+        (
+            dict(schedule=[{"epoch": 1}, {"epoch": 2, "weighting": "max"}]),
+            r"`weighting` in `schedule\[1\]` must be one of 'balanced', 'per_anchor', 'uniform', got 'max'",
+        ),
+    ],
+)
+def test_invalid_settings_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PairMiner(**kwargs)
+
+
+def test_similarity_of_the_wrong_shape_is_a_value_error():
+    labels = torch.arange(4)
+    with pytest.raises(ValueError, match=r"`similarity` must have shape \(len\(labels\), len\(reference_labels\)\)"):
+        PairMiner().mine(torch.zeros(4, 3), labels, labels)
+
+
+def test_settings_at_applies_every_entry_up_to_the_epoch_in_epoch_order():
+    miner = PairMiner(
+        negative_cost=10.0,
+        schedule=[{"epoch": 4, "weighting": "per_anchor"}, {"epoch": 2, "strategy": "hard", "margin": 0.2}],
+    )
+    assert miner.settings_at(0) == miner.settings
+    assert miner.settings_at(3) == {**miner.settings, "strategy": "hard", "margin": 0.2}
+    assert miner.settings_at(9) == {**miner.settings, "strategy": "hard", "margin": 0.2, "weighting": "per_anchor"}
+
+
+def test_the_schedule_changes_the_settings_at_the_start_of_each_epoch():
+    miner = PairMiner(schedule=[{"epoch": 1, "strategy": "hard"}, {"epoch": 2, "negatives_per_anchor": 3}])
+    recorder = SettingsRecorder(miner)
+    trainer(callbacks=[miner, recorder], max_epochs=3).fit(module(), loader(*batch()))
+    assert [settings["strategy"] for settings in recorder.per_epoch] == ["all", "hard", "hard"]
+    assert [settings["negatives_per_anchor"] for settings in recorder.per_epoch] == [10, 10, 3]
+
+
+def test_the_miner_is_configured_from_yaml_with_a_schedule():
+    parser = jsonargparse.ArgumentParser()
+    parser.add_class_arguments(PairMiner, "miner")
+    config = parser.parse_string(
+        "miner:\n  strategy: all\n  negative_cost: 25\n  schedule:\n    - {epoch: 5, strategy: hard, margin: 0.05}\n"
+    )
+    miner = parser.instantiate_classes(config).miner
+    assert miner.negative_cost == 25 and miner.settings_at(5)["strategy"] == "hard"
+
+
+def test_a_misspelt_strategy_in_yaml_is_rejected_with_the_choices():
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(PairMiner, "miner")
+    with pytest.raises(jsonargparse.ArgumentError, match="hardest"):
+        parser.parse_string("miner:\n  strategy: hardest\n")
+
+
+# Statistics.
+
+
+def test_the_statistics_describe_the_pairs_kept():
+    miner = PairMiner(strategy="hard", margin=0.05)
+    trainer(callbacks=[miner], max_steps=1).fit(module(), loader(*batch()))
+    statistics = miner.statistics
+    assert set(statistics) == {
+        "pairs_kept",
+        "num_positive",
+        "num_negative",
+        "positive_similarity",
+        "negative_similarity",
+        "hardest_negative_similarity",
+    }
+    # 16 samples make 16 * 15 candidate pairs; hard mining keeps some, not all.
+    assert 0 < statistics["pairs_kept"] < 1
+    kept = statistics["num_positive"] + statistics["num_negative"]
+    assert float(kept) == pytest.approx(float(statistics["pairs_kept"]) * 16 * 15)
+
+
+def test_statistics_by_hand_on_a_fixed_similarity():
+    labels = torch.tensor([0, 0, 1, 1])
+    similarity = torch.tensor(
+        [[1.0, 0.8, 0.5, 0.1], [0.8, 1.0, 0.9, 0.15], [0.5, 0.9, 1.0, 0.3], [0.1, 0.15, 0.3, 1.0]]
+    )
+    miner = PairMiner(strategy="hard", margin=0.1)
+    miner.mine(similarity, labels, labels, torch.arange(4))
+    # Kept: positives (1,0) 0.8 and (2,3) 0.3; negatives (1,2) 0.9, (2,0) 0.5, (2,1) 0.9; 12 candidate pairs.
+    expected = {
+        "pairs_kept": 5 / 12,
+        "num_positive": 2.0,
+        "num_negative": 3.0,
+        "positive_similarity": (0.8 + 0.3) / 2,
+        "negative_similarity": (0.9 + 0.5 + 0.9) / 3,
+        "hardest_negative_similarity": (0.5 + 0.9 + 0.9 + 0.15) / 4,
+    }
+    assert {name: pytest.approx(float(value)) for name, value in miner.statistics.items()} == expected
+
+
+def test_the_statistics_reach_the_trainers_logged_metrics():
+    miner = PairMiner()
+    fit_trainer = trainer(callbacks=[miner], max_steps=1)
+    fit_trainer.fit(module(), loader(*batch()))
+    logged = {name: float(value) for name, value in fit_trainer.callback_metrics.items() if name.startswith("mining/")}
+    assert logged == {f"mining/{name}": pytest.approx(float(value)) for name, value in miner.statistics.items()}
+    assert logged["mining/pairs_kept"] == 1.0 and logged["mining/num_positive"] == 4 * 4 * 3
+
+
+def test_a_mean_over_no_pairs_is_logged_as_nan():
+    labels = torch.arange(4)  # all distinct: no positive pair
+    miner = PairMiner()
+    miner.mine(torch.eye(4), labels, labels, torch.arange(4))
+    assert miner.statistics["num_positive"] == 0
+    assert math.isnan(miner.statistics["positive_similarity"])
+
+
+# Mixed precision.
+
+
+@pytest.mark.parametrize("strategy", ["all", "hard", "topk_negatives"])
+def test_bf16_mixed_training_gives_a_finite_loss_and_weights(strategy):
+    miner = PairMiner(strategy=strategy, weighting="per_anchor", negative_cost=25.0)
+    model = module()
+    fit_trainer = trainer(callbacks=[miner], max_steps=3, precision="bf16-mixed")
+    fit_trainer.fit(model, loader(*batch(), batch_size=8))
+    assert math.isfinite(fit_trainer.callback_metrics["train/loss"])
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("strategy", ["all", "hard", "topk_negatives"])
+def test_fp16_autocast_mining_and_loss_are_finite_and_in_float32(strategy):
+    # Lightning turns precision="16-mixed" into bf16-mixed on CPU, so fp16 autocast is exercised directly.
+    torch.manual_seed(0)
+    net = nn.Linear(64, 16)
+    images, labels = batch()
+    with torch.autocast("cpu", dtype=torch.float16):
+        embeddings = net(images.flatten(1))
+        similarity = cosine_similarity(embeddings)
+        m, w = PairMiner(strategy=strategy, negative_cost=25.0).mine(
+            similarity.detach(), labels, labels, torch.arange(len(labels))
+        )
+        loss = binomial_deviance(similarity, m, w, alpha=40.0)
+    assert embeddings.dtype == torch.float16
+    assert similarity.dtype == m.dtype == w.dtype == loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters())

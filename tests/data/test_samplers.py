@@ -1,0 +1,93 @@
+"""PKSampler: class-balanced P x K batches, disjoint across ranks, reshuffled by epoch, equal in number per rank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lit_metric.data import PKSampler
+
+# Uneven class sizes: 7 classes of 5 to 17 samples.
+LABELS = torch.cat([torch.full((size,), label) for label, size in enumerate([5, 9, 17, 6, 12, 8, 11])])
+
+
+def rank_batches(sampler: PKSampler) -> list[list[int]]:
+    indices = list(sampler)
+    return [indices[i : i + sampler.batch_size] for i in range(0, len(indices), sampler.batch_size)]
+
+
+def shards(world_size: int, epoch: int = 0, **kwargs) -> list[list[list[int]]]:
+    options = dict(classes_per_batch=3, samples_per_class=2, seed=7) | kwargs
+    samplers = [PKSampler(LABELS, num_replicas=world_size, rank=rank, **options) for rank in range(world_size)]
+    for sampler in samplers:
+        sampler.set_epoch(epoch)
+    return [rank_batches(sampler) for sampler in samplers]
+
+
+def test_every_batch_has_p_distinct_classes_of_k_samples():
+    for batches in shards(world_size=2):
+        for batch in batches:
+            classes, counts = torch.unique(LABELS[batch], return_counts=True)
+            assert len(classes) == 3 and counts.tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_ranks_get_disjoint_batches_of_equal_number(world_size):
+    per_rank = shards(world_size)
+    assert len({len(batches) for batches in per_rank}) == 1
+    used = [index for batches in per_rank for batch in batches for index in batch]
+    assert len(used) == len(set(used))
+
+
+def test_every_epoch_has_the_same_number_of_batches_and_len_says_so():
+    # 32 groups of K = 2 fill at most 10 batches of 3 distinct classes; 5 of them go to each of two ranks.
+    sampler = PKSampler(LABELS, classes_per_batch=3, samples_per_class=2, num_replicas=2, rank=1)
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        assert len(sampler.global_batches()) == 10
+        assert len(sampler) == len(list(sampler)) == 5 * 6
+
+
+def test_each_epoch_reshuffles_and_the_seed_reproduces():
+    assert shards(2, epoch=0) != shards(2, epoch=1)
+    assert shards(2, epoch=1) == shards(2, epoch=1)
+    assert shards(2, epoch=1) != shards(2, epoch=1, replacement=False, seed=8)
+
+
+def test_it_is_a_distributed_sampler_that_a_dataloader_batches_as_is():
+    sampler = PKSampler(LABELS, classes_per_batch=3, samples_per_class=2)
+    assert isinstance(sampler, DistributedSampler)
+    batches = [batch.tolist() for batch in DataLoader(LABELS, sampler=sampler, batch_size=6, drop_last=True)]
+    assert batches == [LABELS[batch].tolist() for batch in rank_batches(sampler)]
+
+
+def test_a_class_smaller_than_k_is_a_value_error_without_replacement():
+    with pytest.raises(ValueError, match=r"classes \[0, 3\] have fewer than `samples_per_class` = 7 samples"):
+        PKSampler(LABELS, classes_per_batch=3, samples_per_class=7)
+
+
+def test_with_replacement_a_class_smaller_than_k_is_drawn_with_repeats():
+    sampler = PKSampler(LABELS, classes_per_batch=7, samples_per_class=7, replacement=True)
+    batch = rank_batches(sampler)[0]
+    assert torch.unique(LABELS[batch], return_counts=True)[1].tolist() == [7] * 7
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(classes_per_batch=8), r"`classes_per_batch` \(8\) exceeds the number of classes in `labels` \(7\)"),
+        (dict(samples_per_class=0), r"`classes_per_batch` and `samples_per_class` must be >= 1, got 3 and 0"),
+        (dict(num_replicas=0), r"`num_replicas` must be >= 1, got 0"),
+        (dict(num_replicas=2, rank=2), r"`rank` must be in \[0, 2\), got 2"),
+        (dict(rank=-1), r"`rank` must be >= 0, got -1"),
+    ],
+)
+def test_invalid_arguments_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PKSampler(LABELS, **{"classes_per_batch": 3, "samples_per_class": 2, **kwargs})
+
+
+def test_float_labels_are_a_value_error():
+    with pytest.raises(ValueError, match=r"`labels` must be a 1-D sequence of integers"):
+        PKSampler(LABELS.float(), classes_per_batch=3, samples_per_class=2)

@@ -1,0 +1,274 @@
+"""Pair selection and weighting: hand-worked examples, a plain-loop reference, edge cases and row splits."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lit_metric.functional.deviance import binomial_deviance
+from lit_metric.functional.mining import (
+    mining_statistics,
+    pair_counts,
+    pair_masks,
+    pair_matrices,
+    pair_weights,
+    select_pairs,
+)
+
+STRATEGIES = ["all", "hard", "topk_negatives"]
+WEIGHTINGS = ["balanced", "per_anchor", "uniform"]
+
+# Four samples of two classes; each anchor's pairs under "hard" with margin 0.1 are worked out in the tests.
+LABELS = torch.tensor([0, 0, 1, 1])
+SIMILARITY = torch.tensor(
+    [
+        [1.0, 0.8, 0.5, 0.1],
+        [0.8, 1.0, 0.9, 0.15],
+        [0.5, 0.9, 1.0, 0.3],
+        [0.1, 0.15, 0.3, 1.0],
+    ]
+)
+
+
+def mine(similarity, labels, reference_labels=None, anchor_index=None, strategy="all", weighting="balanced", **kw):
+    """Whole-batch M and W through the functional pipeline, as one process computes them."""
+    if reference_labels is None:
+        reference_labels, anchor_index = labels, torch.arange(len(labels))
+    positive, negative = pair_masks(labels, reference_labels, anchor_index)
+    positive, negative = select_pairs(
+        similarity, positive, negative, strategy, kw.get("margin", 0.1), kw.get("negatives_per_anchor", 10)
+    )
+    weights = pair_weights(positive, negative, weighting, pair_counts(positive, negative))
+    return pair_matrices(positive, negative, *weights, kw.get("negative_cost", 1.0))
+
+
+def loop_reference(similarity, labels, anchor_index, strategy, weighting, negative_cost, margin, k):
+    """M and W written out anchor by anchor and pair by pair, independently of the vectorised code."""
+    rows, cols = similarity.shape
+    s = similarity.tolist()
+    kept = {}  # (i, j) -> +1 positive / -1 negative
+    for i in range(rows):
+        positives = [j for j in range(cols) if labels[j] == labels[anchor_index[i]] and j != anchor_index[i]]
+        negatives = [j for j in range(cols) if labels[j] != labels[anchor_index[i]]]
+        if strategy == "hard":
+            hardest_positive = min((s[i][j] for j in positives), default=None)
+            hardest_negative = max((s[i][j] for j in negatives), default=None)
+            negatives = [j for j in negatives if hardest_positive is not None and s[i][j] > hardest_positive - margin]
+            positives = [j for j in positives if hardest_negative is not None and s[i][j] < hardest_negative + margin]
+        elif strategy == "topk_negatives":
+            negatives = sorted(negatives, key=lambda j: -s[i][j])[:k]
+        kept.update({(i, j): 1 for j in positives})
+        kept.update({(i, j): -1 for j in negatives})
+    n_pos = sum(1 for v in kept.values() if v == 1)
+    n_neg = sum(1 for v in kept.values() if v == -1)
+    anchors = {i for i, _ in kept}
+    m = torch.zeros(rows, cols)
+    w = torch.zeros(rows, cols)
+    for (i, j), sign in kept.items():
+        m[i, j] = 1.0 if sign == 1 else -negative_cost
+        if weighting == "balanced":
+            w[i, j] = 1 / n_pos if sign == 1 else 1 / n_neg
+        elif weighting == "uniform":
+            w[i, j] = 1 / (n_pos + n_neg)
+        else:
+            same_kind = sum(1 for (a, _), v in kept.items() if a == i and v == sign)
+            w[i, j] = 1 / same_kind / len(anchors)
+    return m, w
+
+
+def random_batch(size=24, classes=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, (size,), generator=generator)
+    embeddings = torch.nn.functional.normalize(torch.randn(size, 8, generator=generator), dim=1)
+    return embeddings @ embeddings.T, labels
+
+
+# Hand-worked examples on SIMILARITY / LABELS.
+
+
+def test_all_strategy_keeps_every_pair_but_the_diagonal_with_the_papers_weights():
+    m, w = mine(SIMILARITY, LABELS, negative_cost=2.0)
+    positive = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=torch.bool)
+    negative = LABELS[:, None] != LABELS[None, :]
+    torch.testing.assert_close(m, positive.float() - 2.0 * negative.float())
+    torch.testing.assert_close(w, positive / 4 + negative / 8)
+
+
+def test_hard_strategy_keeps_the_hand_worked_pairs():
+    # Anchor 0: hardest positive 0.8, no negative above 0.7; hardest negative 0.5, positive 0.8 is not below 0.6.
+    # Anchor 1: negative 2 (0.9 > 0.7) and positive 0 (0.8 < 1.0). Anchor 2: negatives 0, 1 (> 0.2), positive 3.
+    # Anchor 3: no negative above 0.2, positive 0.3 not below 0.25. Anchors 0 and 3 have no hard pair.
+    m, _ = mine(SIMILARITY, LABELS, strategy="hard", margin=0.1, negative_cost=2.0)
+    expected = torch.tensor([[0, 0, 0, 0], [1, 0, -2, 0], [-2, -2, 0, 1], [0, 0, 0, 0]], dtype=torch.float)
+    torch.testing.assert_close(m, expected)
+
+
+@pytest.mark.parametrize(
+    "weighting, positive_weights, negative_weights",
+    [
+        # Kept: positives (1,0), (2,3); negatives (1,2), (2,0), (2,1).
+        ("balanced", [1 / 2, 1 / 2], [1 / 3, 1 / 3, 1 / 3]),
+        # Two anchors with pairs; anchor 1 has one pair of each kind, anchor 2 one positive and two negatives.
+        ("per_anchor", [1 / 2, 1 / 2], [1 / 2, 1 / 4, 1 / 4]),
+        ("uniform", [1 / 5, 1 / 5], [1 / 5, 1 / 5, 1 / 5]),
+    ],
+)
+def test_hard_strategy_weights_by_hand(weighting, positive_weights, negative_weights):
+    _, w = mine(SIMILARITY, LABELS, strategy="hard", weighting=weighting)
+    expected = torch.zeros(4, 4)
+    expected[[1, 2], [0, 3]] = torch.tensor(positive_weights)
+    expected[[1, 2, 2], [2, 0, 1]] = torch.tensor(negative_weights)
+    torch.testing.assert_close(w, expected)
+
+
+def test_topk_negatives_keeps_all_positives_and_the_k_most_similar_negatives():
+    m, w = mine(SIMILARITY, LABELS, strategy="topk_negatives", negatives_per_anchor=1, weighting="uniform")
+    # Hardest negatives: anchor 0 -> 2 (0.5), 1 -> 2 (0.9), 2 -> 1 (0.9), 3 -> 1 (0.15).
+    expected = torch.tensor([[0, 1, -1, 0], [1, 0, -1, 0], [0, -1, 0, 1], [0, -1, 1, 0]], dtype=torch.float)
+    torch.testing.assert_close(m, expected)
+    torch.testing.assert_close(w, (expected != 0) / 8)
+
+
+def test_topk_negatives_keeps_all_negatives_when_an_anchor_has_fewer_than_k():
+    m, _ = mine(SIMILARITY, LABELS, strategy="topk_negatives", negatives_per_anchor=50)
+    all_m, _ = mine(SIMILARITY, LABELS, strategy="all")
+    torch.testing.assert_close(m, all_m)
+
+
+# The vectorised pipeline against the plain loop.
+
+
+@pytest.mark.parametrize("strategy, weighting", list(itertools.product(STRATEGIES, WEIGHTINGS)))
+def test_matches_the_plain_loop_reference(strategy, weighting):
+    similarity, labels = random_batch()
+    m, w = mine(
+        similarity, labels, strategy=strategy, weighting=weighting, negative_cost=3.0, margin=0.2, negatives_per_anchor=4
+    )
+    expected_m, expected_w = loop_reference(
+        similarity, labels.tolist(), list(range(len(labels))), strategy, weighting, negative_cost=3.0, margin=0.2, k=4
+    )
+    torch.testing.assert_close(m, expected_m)
+    torch.testing.assert_close(w, expected_w)
+
+
+@pytest.mark.parametrize("strategy, weighting", list(itertools.product(STRATEGIES, WEIGHTINGS)))
+def test_rows_mined_apart_with_summed_counts_equal_the_whole_batch(strategy, weighting):
+    # What each DDP process does: its rows against the global batch, with counts summed over processes.
+    similarity, labels = random_batch(size=30, seed=1)
+    whole_m, whole_w = mine(similarity, labels, strategy=strategy, weighting=weighting, negatives_per_anchor=3)
+    parts, counts = [], torch.zeros(3, dtype=torch.long)
+    for rows in (torch.arange(0, 11), torch.arange(11, 30)):
+        positive, negative = pair_masks(labels[rows], labels, rows)
+        positive, negative = select_pairs(similarity[rows], positive, negative, strategy, 0.1, 3)
+        parts.append((positive, negative))
+        counts += pair_counts(positive, negative)
+    matrices = [pair_matrices(p, n, *pair_weights(p, n, weighting, counts)) for p, n in parts]
+    torch.testing.assert_close(torch.cat([m for m, _ in matrices]), whole_m)
+    torch.testing.assert_close(torch.cat([w for _, w in matrices]), whole_w)
+
+
+def test_anchor_index_excludes_each_anchor_from_its_own_global_position():
+    labels = torch.tensor([0, 0, 1, 1, 0, 1])
+    positive, negative = pair_masks(labels[3:], labels, torch.arange(3, 6))
+    assert positive.tolist() == [
+        [False, False, True, False, False, True],
+        [True, True, False, False, False, False],
+        [False, False, True, True, False, False],
+    ]
+    assert torch.equal(negative, labels[3:, None] != labels[None, :])
+
+
+# Edge cases: nothing to mine must give zero weight and a finite, zero loss, never NaN.
+
+
+@pytest.mark.parametrize("strategy, weighting", list(itertools.product(STRATEGIES, WEIGHTINGS)))
+def test_batch_of_one_class_has_no_negative_and_a_finite_loss(strategy, weighting):
+    similarity, _ = random_batch(size=6)
+    labels = torch.zeros(6, dtype=torch.long)
+    m, w = mine(similarity, labels, strategy=strategy, weighting=weighting)
+    assert not bool((m < 0).any())
+    if strategy == "hard":  # no negative, so no hardest negative for a positive to be measured against
+        assert not bool(w.any())
+    else:
+        assert torch.allclose(w.sum(), torch.tensor(1.0))
+    similarity = similarity.clone().requires_grad_()
+    binomial_deviance(similarity, m, w).backward()
+    assert torch.isfinite(similarity.grad).all()
+
+
+@pytest.mark.parametrize("strategy, weighting", list(itertools.product(STRATEGIES, WEIGHTINGS)))
+def test_all_distinct_labels_have_no_positive_and_a_finite_loss(strategy, weighting):
+    similarity, _ = random_batch(size=6)
+    labels = torch.arange(6)
+    m, w = mine(similarity, labels, strategy=strategy, weighting=weighting)
+    assert not bool((m > 0).any())
+    if strategy == "hard":
+        assert not bool(w.any())
+    else:
+        assert torch.allclose(w.sum(), torch.tensor(1.0))
+    loss = binomial_deviance(similarity, m, w)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_anchors_without_hard_pairs_drop_out_of_the_weights(weighting):
+    _, w = mine(SIMILARITY, LABELS, strategy="hard", weighting=weighting)
+    assert not bool(w[[0, 3]].any())
+    assert bool(w[1].any()) and bool(w[2].any())
+
+
+def test_hard_mining_with_no_hard_pair_anywhere_gives_zero_weights_and_zero_loss():
+    # Positives all at 0.9, negatives all at 0.1: well separated beyond the margin.
+    labels = torch.tensor([0, 0, 1, 1])
+    similarity = torch.where(labels[:, None] == labels[None, :], 0.9, 0.1)
+    m, w = mine(similarity, labels, strategy="hard", weighting="per_anchor", margin=0.2)
+    assert not bool(w.any())
+    assert binomial_deviance(similarity, m, w).item() == 0.0
+
+
+# Statistics and errors.
+
+
+def test_mining_statistics_sums_by_hand():
+    positive, negative = pair_masks(LABELS, LABELS, torch.arange(4))
+    num_candidates = pair_counts(positive, negative)[:2].sum()
+    kept_positive, kept_negative = select_pairs(SIMILARITY, positive, negative, "hard", margin=0.1)
+    sums = mining_statistics(SIMILARITY, negative, num_candidates, kept_positive, kept_negative)
+    hardest_negatives = 0.5 + 0.9 + 0.9 + 0.15
+    expected = torch.tensor([12.0, 0.8 + 0.3, 0.9 + 0.5 + 0.9, hardest_negatives, 4.0])
+    torch.testing.assert_close(sums, expected)
+
+
+def test_pair_counts_by_hand():
+    positive, negative = select_pairs(SIMILARITY, *pair_masks(LABELS, LABELS, torch.arange(4)), "hard", margin=0.1)
+    assert pair_counts(positive, negative).tolist() == [2, 3, 2]
+
+
+def test_unknown_strategy_is_a_value_error():
+    positive, negative = pair_masks(LABELS, LABELS, torch.arange(4))
+    with pytest.raises(ValueError, match=r"`strategy` must be one of 'all', 'hard', 'topk_negatives', got 'hardest'"):
+        select_pairs(SIMILARITY, positive, negative, "hardest")
+
+
+def test_unknown_weighting_is_a_value_error():
+    positive, negative = pair_masks(LABELS, LABELS, torch.arange(4))
+    with pytest.raises(ValueError, match=r"`weighting` must be one of 'balanced', 'per_anchor', 'uniform', got 'mean'"):
+        pair_weights(positive, negative, "mean", pair_counts(positive, negative))
+
+
+def test_non_positive_negative_cost_is_a_value_error():
+    positive, negative = pair_masks(LABELS, LABELS, torch.arange(4))
+    with pytest.raises(ValueError, match=r"`negative_cost` must be > 0, got 0"):
+        pair_matrices(positive, negative, torch.tensor(1.0), torch.tensor(1.0), negative_cost=0)
+
+
+def test_anchor_index_of_the_wrong_shape_is_a_value_error():
+    with pytest.raises(ValueError, match=r"`anchor_index` must have the shape of `labels` \(4,\), got \(3,\)"):
+        pair_masks(LABELS, LABELS, torch.arange(3))
+
+
+def test_float_labels_are_a_value_error():
+    with pytest.raises(ValueError, match=r"`labels` must be an integer tensor, got dtype torch.float32"):
+        pair_masks(LABELS.float(), LABELS)
