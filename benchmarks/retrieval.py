@@ -1,0 +1,138 @@
+"""Wall time and peak memory of exact leave-one-out retrieval evaluation: lit_metric's RetrievalMetrics against
+pytorch-metric-learning's AccuracyCalculator (faiss-cpu, the named baseline) and torchmetrics' retrieval
+classes fed all query-gallery pairs.
+
+Every (method, N) runs in a fresh subprocess; peak memory is the growth of its peak RSS after the imports and
+the embeddings, so it covers torch's and faiss' allocations that tracemalloc cannot see. Data: N embeddings of
+dimension 128 in classes of 50, Recall@{1,2,4,8}, MAP@R and R-Precision. Each method prints its MAP@R and
+R-Precision so the table also shows that they agree.
+
+    python benchmarks/retrieval.py                      # N = 5,000, 20,000, 60,000
+    python benchmarks/retrieval.py --scale              # 1,000,000 items, 10,000 of them queries
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from torchmetrics.retrieval import RetrievalHitRate, RetrievalRPrecision
+
+from lit_metric.metrics import RetrievalMetrics
+
+DIM, CLASS_SIZE, KS = 128, 50, (1, 2, 4, 8)
+# torchmetrics keeps a float32 score, a bool target and an int64 query index per pair, and copies them in compute.
+TORCHMETRICS_BYTES_PER_PAIR, TORCHMETRICS_LIMIT_GB = 2 * 13, 4.0
+
+
+def make_embeddings(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % max(1, n // CLASS_SIZE)
+    centers = torch.randn(int(labels.max()) + 1, DIM, generator=g)
+    return centers[labels] + 1.5 * torch.randn(n, DIM, generator=g), labels
+
+
+def run_lit_metric(x: torch.Tensor, labels: torch.Tensor, num_queries: int | None) -> dict[str, float]:
+    metric = RetrievalMetrics(metrics=("recall", "map_at_r", "r_precision"), k=KS)
+    if num_queries is None:
+        metric.update(x, labels, torch.arange(len(x)))
+    else:
+        # The first items are queries searched against all items, themselves excluded.
+        is_query = torch.arange(len(x)) < num_queries
+        metric.update(x, labels, torch.arange(len(x)), is_query, torch.ones_like(is_query))
+    out = metric.compute()
+    return {"map@r": out["map@r"].item(), "r_precision": out["r_precision"].item(), "recall@1": out["recall@1"].item()}
+
+
+def run_pml(x: torch.Tensor, labels: torch.Tensor, num_queries: int | None) -> dict[str, float]:
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"), k="max_bin_count"
+    )
+    # Its default faiss index is L2, which ranks unit vectors as cosine similarity does.
+    out = calculator.get_accuracy(torch.nn.functional.normalize(x, dim=1), labels)
+    return {"map@r": out["mean_average_precision_at_r"], "r_precision": out["r_precision"],
+            "recall@1": out["precision_at_1"]}
+
+
+def run_torchmetrics(x: torch.Tensor, labels: torch.Tensor, num_queries: int | None) -> dict[str, float]:
+    metrics = [RetrievalHitRate(top_k=k) for k in KS] + [RetrievalRPrecision()]
+    n = len(x)
+    unit = torch.nn.functional.normalize(x, dim=1)
+    for start in range(0, n, 1000):
+        rows = torch.arange(start, min(start + 1000, n))
+        others = torch.ones(len(rows), n, dtype=torch.bool)
+        others[torch.arange(len(rows)), rows] = False
+        # Scores must be > 0: since torchmetrics PR #3160 a score <= 0 means "not retrieved".
+        preds = (2 + unit[rows] @ unit.T)[others]
+        target = (labels[rows, None] == labels[None, :])[others]
+        indexes = rows[:, None].expand(-1, n)[others]
+        for metric in metrics:
+            metric.update(preds, target, indexes=indexes)
+    return {"map@r": float("nan"), "r_precision": metrics[-1].compute().item(), "recall@1": metrics[0].compute().item()}
+
+
+METHODS = {"pytorch-metric-learning": run_pml, "lit_metric": run_lit_metric, "torchmetrics": run_torchmetrics}
+
+
+def worker(method: str, n: int, num_queries: int | None) -> None:
+    x, labels = make_embeddings(n)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    scores = METHODS[method](x, labels, num_queries)
+    wall = time.perf_counter() - start
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    print(json.dumps({"wall": wall, "peak_mb": peak_mb, **scores}))
+
+
+def measure(method: str, n: int, num_queries: int | None = None) -> dict[str, float]:
+    command = [sys.executable, __file__, "--worker", method, "--n", str(n)]
+    if num_queries is not None:
+        command += ["--queries", str(num_queries)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[5_000, 20_000, 60_000])
+    parser.add_argument("--scale", action="store_true", help="lit_metric alone on 1,000,000 items")
+    parser.add_argument("--queries", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.n[0], args.queries)
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dimension {DIM}, classes of {CLASS_SIZE}\n")
+    if args.scale:
+        n, queries = 1_000_000, 10_000
+        r = measure("lit_metric", n, queries)
+        print(f"| N | queries | wall (s) | peak memory (MB) | embeddings (MB) | MAP@R | R-Precision | Recall@1 |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| {n:,} | {queries:,} | {r['wall']:.1f} | {r['peak_mb']:.0f} | {n * DIM * 4 / 2**20:.0f} "
+              f"| {r['map@r']:.4f} | {r['r_precision']:.4f} | {r['recall@1']:.4f} |")
+        return
+
+    print("| N | method | wall (s) | peak memory (MB) | time vs pml | MAP@R | R-Precision | Recall@1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in args.n:
+        results = {}
+        for method in METHODS:
+            pairs_gb = n * (n - 1) * TORCHMETRICS_BYTES_PER_PAIR / 1e9
+            if method == "torchmetrics" and pairs_gb > TORCHMETRICS_LIMIT_GB:
+                print(f"| {n:,} | {method} | skipped (N^2 pairs = {pairs_gb:.0f} GB) | | | | | |")
+                continue
+            results[method] = r = measure(method, n)
+            ratio = r["wall"] / results["pytorch-metric-learning"]["wall"]
+            print(f"| {n:,} | {method} | {r['wall']:.2f} | {r['peak_mb']:.0f} | {ratio:.2f}x | {r['map@r']:.4f} "
+                  f"| {r['r_precision']:.4f} | {r['recall@1']:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Retrieval metrics of an embedding set as a :class:`torchmetrics.Metric`.
+
+A thin stateful layer over :func:`lit_metric.functional.retrieval.retrieval_metrics`: ``update`` stores
+embeddings, labels, dataset indices and the optional query/gallery flags and cameras; ``compute`` gathers them
+from every process, drops the duplicates that ``DistributedSampler`` pads in (same dataset index, first kept),
+orders the items by dataset index and scores them exactly. Ordering by dataset index makes the result, ties
+included, independent of how the data was split between processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lit_metric.functional.retrieval import RETRIEVAL_METRICS, retrieval_metrics
+
+__all__ = ["RetrievalMetrics"]
+
+_NO_CAMERA = -1
+
+
+class RetrievalMetrics(Metric):
+    """Exact retrieval metrics by cosine similarity, leave-one-out or query/gallery with re-ID camera rules.
+
+    ``compute`` returns a dict of scalar tensors with keys usable as log names: ``recall@K`` (hit rate),
+    ``precision@K`` and ``cmc@K`` for each ``K`` in ``k``, ``map@r``, ``r_precision``, ``map`` (full ranking),
+    and the counts ``num_queries``, ``num_skipped_queries``, ``num_singleton_queries``. See
+    :func:`~lit_metric.functional.retrieval.retrieval_metrics` for the protocol.
+
+    Args:
+        metrics: names from ``("recall", "precision", "map_at_r", "r_precision", "map", "cmc")``. ``map`` sorts
+            the full gallery for every query, ``O(N^2 log N)``; the others need only nearest neighbours.
+        k: cut-offs of ``recall``, ``precision`` and ``cmc``; each must be at most the gallery size.
+        chunk_size: side of the similarity blocks; memory grows with its square.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = ("recall", "precision", "map_at_r", "r_precision", "cmc"),
+        k: Sequence[int] = (1, 2, 4, 8),
+        chunk_size: int = 4096,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        unknown = sorted(set(metrics) - set(RETRIEVAL_METRICS))
+        if unknown or not metrics:
+            raise ValueError(f"`metrics` must be a non-empty subset of {RETRIEVAL_METRICS}, got {tuple(metrics)}")
+        if not k or any(isinstance(cut, bool) or not isinstance(cut, int) or cut < 1 for cut in k):
+            raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k}")
+        if not chunk_size >= 1:
+            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}")
+        self.metrics = tuple(metrics)
+        self.k = tuple(sorted(set(k)))
+        self.chunk_size = chunk_size
+        for name in ("embeddings", "labels", "indexes", "is_query", "is_gallery", "cameras"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        indexes: Tensor,
+        is_query: Tensor | None = None,
+        is_gallery: Tensor | None = None,
+        cameras: Tensor | None = None,
+    ) -> None:
+        """Store a batch.
+
+        Args:
+            embeddings: ``(N, D)`` finite floating embeddings.
+            labels: ``(N,)`` integer class or identity labels.
+            indexes: ``(N,)`` integer dataset indices; items with equal index are one item.
+            is_query: ``(N,)`` bool; with ``is_gallery`` ``None`` the gallery is its complement.
+            is_gallery: ``(N,)`` bool; with ``is_query`` ``None`` the queries are its complement. Without either
+                flag every item is both a query and a gallery item (leave-one-out).
+            cameras: ``(N,)`` non-negative integer camera ids; gallery items of the query's label and camera
+                are then excluded. Give them in every update or in none.
+        """
+        _check_update(embeddings, labels, indexes, is_query, is_gallery, cameras)
+        if self.embeddings and self.embeddings[0].shape[1] != embeddings.shape[1]:
+            raise ValueError(
+                f"`embeddings` must keep the dimension of earlier updates ({self.embeddings[0].shape[1]}), "
+                f"got shape {tuple(embeddings.shape)}"
+            )
+        n = len(labels)
+        if is_query is None and is_gallery is None:
+            is_query = is_gallery = torch.ones(n, dtype=torch.bool, device=labels.device)
+        elif is_query is None:
+            is_query = ~is_gallery
+        elif is_gallery is None:
+            is_gallery = ~is_query
+        if cameras is None:
+            cameras = torch.full((n,), _NO_CAMERA, dtype=torch.long, device=labels.device)
+        self.embeddings.append(embeddings.detach())
+        self.labels.append(labels.long())
+        self.indexes.append(indexes.long())
+        self.is_query.append(is_query)
+        self.is_gallery.append(is_gallery)
+        self.cameras.append(cameras.long())
+
+    def compute(self) -> dict[str, Tensor]:
+        """Metrics over every stored item, once per dataset index; see the class docstring for the keys."""
+        if len(self.indexes) == 0:
+            raise ValueError("`update` must be called with at least one item before `compute`")
+        indexes = dim_zero_cat(self.indexes)
+        unique, inverse = torch.unique(indexes, return_inverse=True)
+        positions = torch.arange(len(indexes), device=indexes.device)
+        first = torch.full_like(unique, len(indexes)).scatter_reduce_(0, inverse, positions, "amin")
+        cameras = dim_zero_cat(self.cameras)[first]
+        with_cameras = cameras != _NO_CAMERA
+        if with_cameras.any() and not with_cameras.all():
+            raise ValueError("`cameras` must be given in every update or in none, got a mix")
+        return retrieval_metrics(
+            dim_zero_cat(self.embeddings)[first],
+            dim_zero_cat(self.labels)[first],
+            dim_zero_cat(self.is_query)[first],
+            dim_zero_cat(self.is_gallery)[first],
+            cameras if with_cameras.all() else None,
+            self.metrics,
+            self.k,
+            self.chunk_size,
+        )
+
+
+def _check_update(
+    embeddings: Tensor,
+    labels: Tensor,
+    indexes: Tensor,
+    is_query: Tensor | None,
+    is_gallery: Tensor | None,
+    cameras: Tensor | None,
+) -> None:
+    if not isinstance(embeddings, Tensor) or not embeddings.is_floating_point():
+        raise ValueError(f"`embeddings` must be a floating-point tensor, got {_describe(embeddings)}")
+    if embeddings.ndim != 2:
+        raise ValueError(f"`embeddings` must have shape (N, D), got shape {tuple(embeddings.shape)}")
+    if not bool(torch.isfinite(embeddings).all()):
+        raise ValueError("`embeddings` must be finite, found NaN or inf")
+    n = len(embeddings)
+    for name, x, kind in (
+        ("labels", labels, "integer"),
+        ("indexes", indexes, "integer"),
+        ("is_query", is_query, "bool"),
+        ("is_gallery", is_gallery, "bool"),
+        ("cameras", cameras, "integer"),
+    ):
+        if x is None and name not in ("labels", "indexes"):
+            continue
+        if not isinstance(x, Tensor) or (x.dtype == torch.bool) != (kind == "bool") or x.is_floating_point():
+            raise ValueError(f"`{name}` must be a {kind} tensor, got {_describe(x)}")
+        if x.shape != (n,):
+            raise ValueError(f"`{name}` must have shape ({n},) to match `embeddings`, got shape {tuple(x.shape)}")
+    if cameras is not None and bool((cameras < 0).any()):
+        raise ValueError("`cameras` must be non-negative camera ids, found a negative value")
+
+
+def _describe(x: Any) -> str:
+    return f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__

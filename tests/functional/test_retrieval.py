@@ -1,0 +1,248 @@
+"""Specification of the retrieval core: exact search, the tie and exclusion rules, and every metric against
+plain-loop references, torchmetrics' retrieval functions and pytorch-metric-learning."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.retrieval import (
+    retrieval_average_precision,
+    retrieval_hit_rate,
+    retrieval_precision,
+    retrieval_r_precision,
+)
+
+from lit_metric.functional.retrieval import (
+    cosine_knn,
+    hit_rate_at_k,
+    map_at_r,
+    precision_at_k,
+    r_precision,
+    retrieval_metrics,
+)
+
+ALL = ("recall", "precision", "map_at_r", "r_precision", "map", "cmc")
+
+
+def reference_rankings(x, labels, is_query=None, is_gallery=None, cameras=None):
+    """Per query, by plain loops: its valid gallery items ranked by (-similarity, position), and its class status."""
+    n = len(labels)
+    is_query = [True] * n if is_query is None else is_query.tolist()
+    is_gallery = [True] * n if is_gallery is None else is_gallery.tolist()
+    x = F.normalize(x.double(), dim=1)
+    out = []
+    for q in range(n):
+        if not is_query[q]:
+            continue
+        others = [g for g in range(n) if is_gallery[g] and g != q]
+        valid = [
+            g for g in others
+            if cameras is None or not (labels[g] == labels[q] and cameras[g] == cameras[q])
+        ]
+        ranking = sorted(valid, key=lambda g: (-float(x[q] @ x[g]), g))
+        singleton = not any(labels[g] == labels[q] for g in others)
+        out.append((q, ranking, [bool(labels[g] == labels[q]) for g in ranking], singleton))
+    return out
+
+
+def reference_metrics(rankings, ks):
+    sums, scored, skipped, singletons = {}, 0, 0, 0
+    for _, _, match, singleton in rankings:
+        r = sum(match)
+        if r == 0:
+            singletons += singleton
+            skipped += not singleton
+            continue
+        scored += 1
+        values = {}
+        for k in ks:
+            values[f"recall@{k}"] = values[f"cmc@{k}"] = float(any(match[:k]))
+            values[f"precision@{k}"] = sum(match[:k]) / k
+        values["r_precision"] = sum(match[:r]) / r
+        values["map@r"] = sum(sum(match[: i + 1]) / (i + 1) for i in range(r) if match[i]) / r
+        values["map"] = sum(sum(match[: i + 1]) / (i + 1) for i in range(len(match)) if match[i]) / r
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value
+    out = {name: total / scored for name, total in sums.items()}
+    out.update(num_queries=scored, num_skipped_queries=skipped, num_singleton_queries=singletons)
+    return out
+
+
+def assert_metrics_equal(actual, expected):
+    assert set(actual) == set(expected)
+    for name, value in expected.items():
+        assert actual[name].item() == pytest.approx(value, abs=1e-6), name
+
+
+def random_set(n=60, d=6, classes=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(classes, (n,), generator=g)
+    x = torch.randn(classes, d, generator=g)[labels] + torch.randn(n, d, generator=g, dtype=torch.float64)
+    return x, labels, g
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64])
+def test_cosine_knn_equals_brute_force_leave_one_out_and_query_gallery(chunk_size):
+    x, labels, g = random_set()
+    _, neighbours = cosine_knn(x, 10, chunk_size=chunk_size)
+    expected = torch.tensor([ranking[:10] for _, ranking, _, _ in reference_rankings(x, labels)])
+    assert torch.equal(neighbours, expected)
+
+    queries, gallery = x[:25], x[25:]
+    _, neighbours = cosine_knn(queries, 5, gallery, chunk_size=chunk_size)
+    brute = (F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T).argsort(dim=1, descending=True)
+    assert torch.equal(neighbours, brute[:, :5])
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3, 100])
+def test_ties_go_to_the_lowest_position_and_exact_duplicates_are_kept(chunk_size):
+    # Exact duplicates make exact ties; small chunks put tied items in different blocks and across the cut.
+    base = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 0]])
+    which = torch.tensor([0, 1, 0, 2, 0, 1, 2, 0, 0, 1])
+    x, labels = base[which], which
+    # Item 0 (e1): its duplicates 2, 4, 7, 8 tie at 1, then [1, 1, 0] items 3 and 6 tie; lowest positions win.
+    assert cosine_knn(x, 3, chunk_size=chunk_size)[1][0].tolist() == [2, 4, 7]
+    scores, neighbours = cosine_knn(x, 5, chunk_size=chunk_size)
+    assert neighbours[0].tolist() == [2, 4, 7, 8, 3]
+    assert scores[0, :4].tolist() == [1.0, 1.0, 1.0, 1.0]
+    expected = torch.tensor([ranking[:5] for _, ranking, _, _ in reference_rankings(x, labels)])
+    assert torch.equal(neighbours, expected)
+
+
+def test_exclusion_keys_leave_empty_slots():
+    x = torch.eye(3)
+    scores, neighbours = cosine_knn(x, 2, query_keys=torch.tensor([0, 0, 1]))
+    # Items 0 and 1 share a key, so each has only item 2 left; item 2 sees both.
+    assert neighbours.tolist() == [[2, -1], [2, -1], [0, 1]]
+    assert scores[0, 1] == float("-inf")
+
+
+def test_hand_worked_metrics():
+    # Two queries over a ranked list of five; True marks a relevant neighbour.
+    match = torch.tensor([[True, False, True, False, False], [False, True, True, True, False]])
+    relevant = torch.tensor([2, 4])
+    assert hit_rate_at_k(match, 1).tolist() == [1.0, 0.0]
+    assert precision_at_k(match, 4).tolist() == [0.5, 0.75]
+    assert r_precision(match, relevant).tolist() == [0.5, 0.75]
+    # Query 0: (1/1) / 2. Query 1, first four: (1/2 + 2/3 + 3/4) / 4.
+    assert map_at_r(match, relevant).tolist() == pytest.approx([0.5, (1 / 2 + 2 / 3 + 3 / 4) / 4])
+
+
+def test_hand_worked_leave_one_out_with_duplicate_and_singleton():
+    x = torch.tensor([[1.0, 0], [1.0, 0], [0.8, 0.6], [0, 1.0], [0.6, 0.8]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    out = retrieval_metrics(x, labels, metrics=ALL, k=(1, 2))
+    # 0 -> 1 (duplicate, same class, similarity 1) then 2; 1 -> 0 then 2; 2 -> 0, 1, 4, 3 (its match is last);
+    # 3 -> 4 then 2; item 4 is the only one of class 2 and is not scored.
+    assert out["num_singleton_queries"] == 1 and out["num_queries"] == 4
+    assert out["recall@1"] == pytest.approx(2 / 4)
+    assert out["recall@2"] == pytest.approx(3 / 4)
+    assert out["precision@2"] == pytest.approx((1 / 2 + 1 / 2 + 0 + 1 / 2) / 4)
+    assert out["map@r"] == pytest.approx(2 / 4)
+    assert out["map"] == pytest.approx((1 + 1 + 1 / 4 + 1 / 2) / 4)
+    assert_metrics_equal(out, reference_metrics(reference_rankings(x, labels), (1, 2)))
+
+
+def test_hand_worked_camera_exclusion():
+    # Queries 0-2, gallery 3-7. Identity 5 seen by camera 0 in the gallery is excluded for query 0, whose
+    # true neighbour in rank is therefore item 4.
+    x = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 1.0], [1.0, 0], [0.6, 0.8], [0.8, 0.6], [0, 1.0], [1.0, 0.1]])
+    labels = torch.tensor([5, 6, 7, 5, 5, 8, 6, 9])
+    cameras = torch.tensor([0, 1, 0, 0, 1, 0, 1, 1])
+    is_query = torch.arange(8) < 3
+    out = retrieval_metrics(x, labels, is_query=is_query, cameras=cameras, metrics=ALL, k=(1, 3))
+    # Query 0 ranks 7, 5, 4 (item 3 excluded): first match at rank 3. Query 1's only match shares its
+    # camera: skipped. Query 2 has no identity-7 item in the gallery: singleton.
+    assert out["num_queries"] == 1 and out["num_skipped_queries"] == 1 and out["num_singleton_queries"] == 1
+    assert out["recall@1"] == 0 and out["recall@3"] == 1 and out["cmc@3"] == 1
+    assert out["map"] == pytest.approx(1 / 3) and out["map@r"] == 0
+    assert_metrics_equal(out, reference_metrics(reference_rankings(x, labels, is_query, ~is_query, cameras), (1, 3)))
+
+
+@pytest.mark.parametrize("mode", ["leave_one_out", "query_gallery", "reid"])
+@pytest.mark.parametrize("chunk_size", [5, 4096])
+def test_random_sets_equal_plain_loop_reference(mode, chunk_size):
+    # Small classes, so that some queries lose every match to the camera rule and some have none at all.
+    x, labels, g = random_set(n=70, classes=25, seed=1)
+    is_query = is_gallery = cameras = None
+    if mode != "leave_one_out":
+        is_query = torch.rand(70, generator=g) < 0.4
+        # Some items are both: they must not retrieve themselves.
+        is_gallery = ~is_query | (torch.rand(70, generator=g) < 0.3)
+    if mode == "reid":
+        cameras = torch.randint(2, (70,), generator=g)
+    ks = (1, 3, 10)
+    out = retrieval_metrics(x, labels, is_query, is_gallery, cameras, metrics=ALL, k=ks, chunk_size=chunk_size)
+    expected = reference_metrics(reference_rankings(x, labels, is_query, is_gallery, cameras), ks)
+    assert_metrics_equal(out, expected)
+    if mode == "reid":
+        assert expected["num_skipped_queries"] > 0 and expected["num_singleton_queries"] > 0
+
+
+def test_per_query_scores_equal_torchmetrics_functional():
+    x, labels, _ = random_set(n=40, classes=6, seed=2)
+    x[7] = x[3]  # an exact duplicate
+    rankings = reference_rankings(x, labels)
+    _, neighbours = cosine_knn(x, 39)
+    match = labels[neighbours] == labels[:, None]
+    relevant = match.sum(dim=1)
+    ours = {
+        "hit": hit_rate_at_k(match, 4), "precision": precision_at_k(match, 4),
+        "r_precision": r_precision(match, relevant), "map@r": map_at_r(match, relevant),
+    }
+    for q, ranking, target, _ in rankings:
+        assert neighbours[q].tolist() == ranking
+        # torchmetrics treats a score <= 0 as not retrieved (PR #3160), so raw cosines would drop every
+        # negative-similarity item; strictly positive scores decreasing with rank give the same list intact.
+        preds = torch.arange(len(ranking), 0, -1, dtype=torch.float32)
+        target = torch.tensor(target)
+        r = int(target.sum())
+        assert ours["hit"][q] == retrieval_hit_rate(preds, target, top_k=4)
+        assert ours["precision"][q].item() == pytest.approx(retrieval_precision(preds, target, top_k=4).item())
+        assert ours["r_precision"][q].item() == pytest.approx(retrieval_r_precision(preds, target).item())
+        # torchmetrics' AP@R averages over the hits in the top R; MAP@R divides by R, i.e. also by R-precision.
+        map_r = retrieval_average_precision(preds, target, top_k=r) * retrieval_r_precision(preds, target)
+        assert ours["map@r"][q].item() == pytest.approx(map_r.item(), abs=1e-6)
+    full = retrieval_metrics(x, labels, metrics=("map",), k=(1,))
+    expected_map = torch.stack([
+        retrieval_average_precision(torch.arange(len(t), 0, -1, dtype=torch.float32), torch.tensor(t))
+        for _, _, t, _ in rankings
+    ]).mean()
+    assert full["map"].item() == pytest.approx(expected_map.item(), abs=1e-6)
+
+
+def test_map_at_r_and_r_precision_equal_pytorch_metric_learning():
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(40, (400,), generator=g)
+    labels[:3] = torch.tensor([100, 101, 102])  # singleton classes, left out by both
+    x = torch.randn(103, 32, generator=g)[labels.clamp(max=102)] + 1.2 * torch.randn(400, 32, generator=g)
+    calculator = AccuracyCalculator(
+        include=("mean_average_precision_at_r", "r_precision"), k="max_bin_count", knn_func=CustomKNN(CosineSimilarity())
+    )
+    # With no reference set, pml searches the queries against themselves and drops each query's own index.
+    expected = calculator.get_accuracy(x, labels)
+    out = retrieval_metrics(x, labels, metrics=("map_at_r", "r_precision"), k=(1,), chunk_size=128)
+    assert out["map@r"].item() == pytest.approx(expected["mean_average_precision_at_r"], abs=1e-6)
+    assert out["r_precision"].item() == pytest.approx(expected["r_precision"], abs=1e-6)
+    assert out["num_singleton_queries"] == 3
+
+
+def test_bad_input_is_rejected_with_a_clear_message():
+    x, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="gallery must hold at least one item"):
+        retrieval_metrics(x, labels, is_query=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="gallery must hold at least one item"):
+        retrieval_metrics(x[:1], labels[:1], k=(1,))
+    with pytest.raises(ValueError, match=r"every `k` must be at most the gallery size 3, got k=8"):
+        retrieval_metrics(x, labels, k=(1, 8))
+    with pytest.raises(ValueError, match=r"`k` must be at most the gallery size 2"):
+        retrieval_metrics(x, labels, is_query=torch.tensor([True, True, False, False]), k=(3,))
+    with pytest.raises(ValueError, match="`is_query` must select at least one item"):
+        retrieval_metrics(x, labels, is_query=torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="`k` must be between 1 and the gallery size 4"):
+        cosine_knn(x, 5)
+    with pytest.raises(ValueError, match="`gallery_keys` must be None"):
+        cosine_knn(x, 1, gallery_keys=torch.arange(4))

@@ -1,0 +1,137 @@
+"""Specification of RetrievalMetrics: batching, de-duplication, validation and equality under 2-process DDP."""
+
+import re
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DistributedSampler
+
+from lit_metric.functional.retrieval import retrieval_metrics
+from lit_metric.metrics import RetrievalMetrics
+
+ALL = ("recall", "precision", "map_at_r", "r_precision", "map", "cmc")
+
+
+def make_data(n=45, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(8, (n,), generator=g)
+    x = torch.randn(8, 5, generator=g)[labels] + torch.randn(n, 5, generator=g)
+    return x, labels, torch.rand(n, generator=g) < 0.3, torch.randint(3, (n,), generator=g)
+
+
+def feed(metric, x, labels, order, is_query=None, cameras=None, batch=7):
+    for start in range(0, len(order), batch):
+        i = order[start : start + batch]
+        metric.update(
+            x[i], labels[i], i,
+            is_query=None if is_query is None else is_query[i],
+            cameras=None if cameras is None else cameras[i],
+        )
+
+
+def assert_same(actual, expected):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def test_batched_updates_with_padding_duplicates_equal_one_functional_call():
+    x, labels, is_query, cameras = make_data()
+    # Shuffled order plus repeated indices, as DistributedSampler padding produces.
+    order = torch.cat([torch.randperm(45, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 10])])
+    metric = RetrievalMetrics(metrics=ALL, k=(1, 5))
+    feed(metric, x, labels, order)
+    assert_same(metric.compute(), retrieval_metrics(x, labels, metrics=ALL, k=(1, 5)))
+
+    metric = RetrievalMetrics(metrics=ALL, k=(1, 5))
+    feed(metric, x, labels, order, is_query, cameras)
+    expected = retrieval_metrics(x, labels, is_query=is_query, cameras=cameras, metrics=ALL, k=(1, 5))
+    assert_same(metric.compute(), expected)
+    metric.reset()
+    with pytest.raises(ValueError, match="`update` must be called"):
+        metric.compute()
+
+
+def test_keys_are_log_names():
+    x, labels, _, _ = make_data()
+    metric = RetrievalMetrics(metrics=ALL, k=(1, 2))
+    metric.update(x, labels, torch.arange(45))
+    out = metric.compute()
+    assert {"recall@1", "precision@2", "cmc@1", "map@r", "r_precision", "map", "num_queries"} <= out.keys()
+    assert all(re.fullmatch(r"[a-z_]+(@(\d+|r))?", name) for name in out)
+    assert all(value.dtype == torch.float32 and value.ndim == 0 for value in out.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"embeddings": torch.randn(4, 3, dtype=torch.float64).long()}, r"`embeddings` must be a floating-point"),
+        ({"embeddings": torch.randn(4)}, r"`embeddings` must have shape \(N, D\)"),
+        ({"embeddings": torch.tensor([[0.0, float("nan")]] * 4)}, "`embeddings` must be finite"),
+        ({"embeddings": torch.tensor([[0.0, float("inf")]] * 4)}, "`embeddings` must be finite"),
+        ({"labels": torch.tensor([0, 1, 1])}, r"`labels` must have shape \(4,\) to match `embeddings`"),
+        ({"labels": torch.tensor([0.0, 1, 1, 0])}, "`labels` must be a integer tensor"),
+        ({"indexes": torch.arange(5)}, r"`indexes` must have shape \(4,\)"),
+        ({"is_query": torch.tensor([1, 0, 0, 1])}, "`is_query` must be a bool tensor"),
+        ({"is_gallery": torch.ones(3, dtype=torch.bool)}, r"`is_gallery` must have shape \(4,\)"),
+        ({"cameras": torch.tensor([0, 1, -1, 0])}, "`cameras` must be non-negative"),
+    ],
+)
+def test_update_rejects_bad_input(kwargs, message):
+    args = {"embeddings": torch.randn(4, 2), "labels": torch.tensor([0, 0, 1, 1]), "indexes": torch.arange(4)}
+    with pytest.raises(ValueError, match=message):
+        RetrievalMetrics().update(**{**args, **kwargs})
+
+
+def test_compute_and_constructor_reject_bad_setups():
+    x, labels = torch.randn(4, 2), torch.tensor([0, 0, 1, 1])
+    metric = RetrievalMetrics(k=(1,))
+    metric.update(x, labels, torch.arange(4), is_gallery=torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="gallery must hold at least one item"):
+        metric.compute()
+    metric = RetrievalMetrics(k=(1, 4))
+    metric.update(x, labels, torch.arange(4))
+    with pytest.raises(ValueError, match="every `k` must be at most the gallery size 3, got k=4"):
+        metric.compute()
+    metric = RetrievalMetrics(k=(1,))
+    metric.update(x[:2], labels[:2], torch.arange(2), cameras=torch.tensor([0, 1]))
+    metric.update(x[2:], labels[2:], torch.arange(2, 4))
+    with pytest.raises(ValueError, match="`cameras` must be given in every update or in none"):
+        metric.compute()
+    with pytest.raises(ValueError, match="`embeddings` must keep the dimension of earlier updates"):
+        metric.update(torch.randn(1, 3), labels[:1], torch.arange(1))
+    with pytest.raises(ValueError, match="`metrics` must be a non-empty subset"):
+        RetrievalMetrics(metrics=("recall", "mrr"))
+    with pytest.raises(ValueError, match="`k` must be a non-empty sequence of positive integers"):
+        RetrievalMetrics(k=(0, 1))
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
+        RetrievalMetrics(chunk_size=0)
+
+
+def _ddp_worker(rank, world_size, store_path, out_path):
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size)
+    try:
+        x, labels, is_query, cameras = make_data()
+        # 45 items over 2 ranks: the sampler pads rank 1 with a duplicate of an item of rank 0.
+        order = torch.tensor(list(DistributedSampler(range(45), world_size, rank, shuffle=True, seed=3)))
+        results = {}
+        for name, flags, cams in (("loo", None, None), ("reid", is_query, cameras)):
+            metric = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
+            feed(metric, x, labels, order, flags, cams, batch=4)
+            results[name] = metric.compute()
+        if rank == 0:
+            torch.save(results, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_equals_single_process(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2, join=True)
+    results = torch.load(tmp_path / "out.pt")
+    x, labels, is_query, cameras = make_data()
+    for name, flags, cams in (("loo", None, None), ("reid", is_query, cameras)):
+        single = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
+        feed(single, x, labels, torch.arange(45), flags, cams)
+        assert_same(results[name], single.compute())
