@@ -159,7 +159,8 @@ class MetricLearningModule(L.LightningModule):
     def _log_metrics(self, stage: str, metrics: RetrievalMetrics) -> None:
         values = metrics.compute()
         metrics.reset()
-        self.log_dict({f"{stage}/{name}": value.float() for name, value in values.items()})
+        # Every process holds the same synced values; sync_dist only tells Lightning so.
+        self.log_dict({f"{stage}/{name}": value.float() for name, value in values.items()}, sync_dist=True)
 
 
 def _world_size() -> int:

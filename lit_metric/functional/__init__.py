@@ -1,5 +1,54 @@
 """Pure functions under the stateful classes: the loss, pair mining and retrieval scoring."""
 
 from lit_metric.functional.deviance import binomial_deviance, cosine_similarity
+from lit_metric.functional.mining import (
+    STRATEGIES,
+    WEIGHTINGS,
+    balanced_weights,
+    hard_pairs,
+    hardest_negatives,
+    mining_statistics,
+    pair_counts,
+    pair_masks,
+    pair_matrices,
+    pair_weights,
+    per_anchor_weights,
+    select_pairs,
+    uniform_weights,
+)
+from lit_metric.functional.retrieval import (
+    RETRIEVAL_METRICS,
+    cosine_average_precision,
+    cosine_knn,
+    hit_rate_at_k,
+    map_at_r,
+    precision_at_k,
+    r_precision,
+    retrieval_metrics,
+)
 
-__all__ = ["binomial_deviance", "cosine_similarity"]
+__all__ = [
+    "RETRIEVAL_METRICS",
+    "STRATEGIES",
+    "WEIGHTINGS",
+    "balanced_weights",
+    "binomial_deviance",
+    "cosine_average_precision",
+    "cosine_knn",
+    "cosine_similarity",
+    "hard_pairs",
+    "hardest_negatives",
+    "hit_rate_at_k",
+    "map_at_r",
+    "mining_statistics",
+    "pair_counts",
+    "pair_masks",
+    "pair_matrices",
+    "pair_weights",
+    "per_anchor_weights",
+    "precision_at_k",
+    "r_precision",
+    "retrieval_metrics",
+    "select_pairs",
+    "uniform_weights",
+]
