@@ -1,10 +1,21 @@
 """lit_metric: deep metric learning as a first-class citizen of PyTorch Lightning."""
 
-from lit_metric.callbacks import PairMiner
+from lit_metric.callbacks import EmbeddingWriter, PairMiner, RetrievalPictures
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
 from lit_metric.module import MetricLearningModule
 from lit_metric.networks import ConvEmbedder
+from lit_metric.search import EmbeddingIndex, nearest
 
-__all__ = ["BinomialDevianceLoss", "ConvEmbedder", "MetricLearningModule", "PairMiner", "RetrievalMetrics"]
+__all__ = [
+    "BinomialDevianceLoss",
+    "ConvEmbedder",
+    "EmbeddingIndex",
+    "EmbeddingWriter",
+    "MetricLearningModule",
+    "PairMiner",
+    "RetrievalMetrics",
+    "RetrievalPictures",
+    "nearest",
+]
 __version__ = "0.1.0"

@@ -6,7 +6,8 @@ import netrc
 import os
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_metric.module import MetricLearningModule
@@ -27,6 +28,21 @@ def wandb_offline_unless_logged_in() -> None:
         logged_in = False
     if not logged_in:
         os.environ["WANDB_MODE"] = "offline"
+
+
+class LogConfigCallback(SaveConfigCallback):
+    """Saves the resolved config next to the logs, as LightningCLI does, and logs it as hyperparameters.
+
+    Every logger (W&B, TensorBoard, CSV) then holds the whole run configuration, defaults included, as a nested
+    dict under ``trainer``, ``model``, ``data``, ``seed_everything`` and so on, instead of only the module's
+    ``__init__`` arguments.
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The YAML dump turns classes, callables and paths into the plain strings of the config file.
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
 
 
 class LitMetricCLI(LightningCLI):
@@ -59,6 +75,7 @@ def run(args: list[str] | None = None) -> LitMetricCLI:
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 
 from lit_metric.cli import run, wandb_offline_unless_logged_in
 
@@ -21,8 +22,11 @@ def fitted(tmp_path_factory):
         patch.chdir(workdir)
         patch.setenv("WANDB_MODE", "offline")
         patch.setenv("WANDB_DIR", str(workdir))
+        # A W&B service started by an earlier test resolves relative paths against its own working directory.
+        wandb.teardown()
         cli = run(["fit", "--config", CONFIG, *SHORT])
         cli.trainer.logger.experiment.finish()
+        wandb.teardown()
     return workdir, cli
 
 

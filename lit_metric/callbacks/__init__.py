@@ -1,5 +1,7 @@
 """Lightning callbacks, one job each."""
 
 from lit_metric.callbacks.pair_miner import PairMiner
+from lit_metric.callbacks.pictures import RetrievalPictures
+from lit_metric.callbacks.prediction_writer import EmbeddingWriter, load_embeddings
 
-__all__ = ["PairMiner"]
+__all__ = ["EmbeddingWriter", "PairMiner", "RetrievalPictures", "load_embeddings"]

@@ -1,0 +1,105 @@
+"""Specification of the search API: from a `lit-metric fit` checkpoint, the nearest gallery items of new images are
+the brute-force cosine neighbours of their embeddings, whether the gallery is given as images, a data set, a data
+loader or an exported embeddings file; bad inputs are refused with the argument's name."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from lit_metric import MetricLearningModule
+from lit_metric.callbacks.prediction_writer import save_embeddings
+from lit_metric.cli import run
+from lit_metric.search import EmbeddingIndex, nearest
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint of a two-step CLI fit on digits, and the held-out digits as gallery."""
+    workdir = tmp_path_factory.mktemp("search")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        cli = run(["fit", "--config", CONFIG, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                   "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"])
+    return workdir / cli.trainer.checkpoint_callback.best_model_path, cli.datamodule.holdout_set
+
+
+@pytest.fixture(scope="module")
+def index(trained):
+    checkpoint, holdout = trained
+    return EmbeddingIndex.from_checkpoint(checkpoint, holdout)
+
+
+def brute_force(queries, gallery, k):
+    similarity = F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T
+    return similarity.topk(k, dim=1)
+
+
+def test_a_cli_checkpoint_loads_as_the_module_it_trained(trained):
+    checkpoint, _ = trained
+    model = MetricLearningModule.load_from_checkpoint(checkpoint)
+    assert type(model) is MetricLearningModule and model.embedding_net.__class__.__name__ == "ConvEmbedder"
+
+
+def test_neighbours_are_the_brute_force_cosine_neighbours_of_the_checkpoint_embeddings(trained, index):
+    _, holdout = trained
+    queries = holdout.images[:5] + 0.05 * torch.randn(5, 1, 8, 8)  # new images near known ones
+    found = index.search(queries, k=4)
+    with torch.no_grad():
+        model = index.model.eval()
+        expected = brute_force(model.embed(queries), model.embed(holdout.images), 4)
+    assert torch.equal(found.indices, expected.indices)
+    assert torch.allclose(found.scores, expected.values, atol=1e-5)
+    assert torch.equal(found.labels, holdout.labels[found.indices])
+
+
+def test_a_gallery_image_finds_itself_first(trained, index):
+    _, holdout = trained
+    found = index.search(holdout.images[10:13], k=1)
+    assert found.indices.flatten().tolist() == [10, 11, 12]
+    assert torch.allclose(found.scores, torch.ones(3, 1), atol=1e-5)
+
+
+def test_images_loaders_and_exported_files_give_the_same_gallery(trained, index, tmp_path):
+    checkpoint, holdout = trained
+    export = {"embeddings": index.embeddings, "labels": holdout.labels, "indexes": torch.arange(len(holdout))}
+    save_embeddings(export, tmp_path / "gallery.npz")
+    queries = holdout.images[100:103]
+    expected = index.search(queries, k=3)
+    for gallery in (holdout.images, DataLoader(holdout, batch_size=100), tmp_path / "gallery.npz"):
+        found = nearest(checkpoint, gallery, queries, k=3)
+        assert torch.equal(found.indices, expected.indices)
+    assert nearest(checkpoint, holdout.images, queries, k=3).labels is None  # bare images carry no labels
+
+
+def test_gallery_paths_are_returned_for_each_neighbour(index):
+    paths = [f"digits/{i:04d}.png" for i in range(len(index.embeddings))]
+    with_paths = EmbeddingIndex(index.model, index.embeddings, paths=paths)
+    found = with_paths.search_embeddings(index.embeddings[:2], k=2)
+    assert found.paths == [[paths[i] for i in row] for row in found.indices.tolist()]
+    assert found.paths[0][0] == "digits/0000.png"
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="`checkpoint_path` '.*nowhere.ckpt' does not exist"):
+        EmbeddingIndex.from_checkpoint(tmp_path / "nowhere.ckpt", torch.rand(3, 1, 8, 8))
+
+
+def test_k_larger_than_the_gallery_is_refused_with_the_gallery_size(index):
+    with pytest.raises(ValueError, match="`k` must be between 1 and the gallery size 540, got 541"):
+        index.search(torch.rand(1, 1, 8, 8), k=541)
+
+
+@pytest.mark.parametrize("images", [torch.rand(1, 8, 8), torch.rand(2, 3, 8, 8), torch.rand(0, 1, 8, 8)])
+def test_query_images_must_have_the_gallery_image_shape(index, images):
+    with pytest.raises(ValueError, match=r"`images` must be a non-empty tensor of shape \(N, 1, 8, 8\)"):
+        index.search(images, k=2)
+
+
+def test_query_embeddings_must_have_the_gallery_dimension(index):
+    with pytest.raises(ValueError, match=r"`queries` must have shape \(Q, 64\) like the gallery, got shape \(2, 32\)"):
+        index.search_embeddings(torch.rand(2, 32), k=2)
