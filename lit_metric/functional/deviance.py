@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_metric.functional._blocks import row_blocks
+
 __all__ = ["binomial_deviance", "cosine_similarity"]
 
 
@@ -92,7 +94,7 @@ class _BinomialDeviance(torch.autograd.Function):
         ctx.alpha, ctx.beta = alpha, beta
         dtype = _compute_dtype(similarity, m)
         loss = torch.zeros((), dtype=dtype, device=similarity.device)
-        for rows in _row_chunks(similarity):
+        for rows in row_blocks(similarity):
             z = _margin(similarity[rows], m[rows], alpha, beta, dtype)
             loss += torch.dot(F.softplus(z).view(-1), w[rows].to(dtype).reshape(-1))
         return loss
@@ -103,7 +105,7 @@ class _BinomialDeviance(torch.autograd.Function):
         dtype = _compute_dtype(similarity, m)
         grad_similarity = torch.empty_like(similarity) if ctx.needs_input_grad[0] else None
         grad_w = torch.empty_like(w) if ctx.needs_input_grad[2] else None
-        for rows in _row_chunks(similarity):
+        for rows in row_blocks(similarity):
             z = _margin(similarity[rows], m[rows], ctx.alpha, ctx.beta, dtype)
             if grad_w is not None:
                 grad_w[rows] = F.softplus(z) * grad_output
@@ -111,14 +113,6 @@ class _BinomialDeviance(torch.autograd.Function):
                 # d softplus(z) / dS = sigmoid(z) * (-alpha * M)
                 grad_similarity[rows] = z.sigmoid_().mul_(m[rows]).mul_(w[rows]).mul_(-ctx.alpha * grad_output)
         return grad_similarity, None, grad_w, None, None
-
-
-_CHUNK_ELEMENTS = 1 << 18
-
-
-def _row_chunks(x: Tensor) -> list[slice]:
-    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
-    return [slice(start, start + step) for start in range(0, x.shape[0], step)]
 
 
 def _compute_dtype(similarity: Tensor, m: Tensor) -> torch.dtype:

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_metric.functional._blocks import row_blocks
+
 __all__ = [
     "STRATEGIES",
     "WEIGHTINGS",
@@ -77,7 +79,7 @@ def hard_pairs(similarity: Tensor, positive: Tensor, negative: Tensor, margin: f
         ``(positive, negative)``, the kept ``(B, R)`` boolean masks.
     """
     similarity = similarity.detach()
-    blocks = _row_blocks(similarity)
+    blocks = row_blocks(similarity)
     hardest_positive = torch.cat([_masked_extreme(similarity[rows], positive[rows], "min") for rows in blocks])
     hardest_negative = torch.cat([_masked_extreme(similarity[rows], negative[rows], "max") for rows in blocks])
     return positive & (similarity < hardest_negative + margin), negative & (similarity > hardest_positive - margin)
@@ -232,7 +234,7 @@ def pair_matrices(
     w = torch.empty_like(m)
     zero, one, cost = (m.new_tensor(value) for value in (0.0, 1.0, -negative_cost))
     positive_weight, negative_weight = positive_weight.to(m), negative_weight.to(m)
-    for rows in _row_blocks(m):
+    for rows in row_blocks(m):
         m[rows] = torch.where(positive[rows], one, torch.where(negative[rows], cost, zero))
         w[rows] = torch.where(
             positive[rows], _block(positive_weight, rows), torch.where(negative[rows], _block(negative_weight, rows), zero)
@@ -259,7 +261,7 @@ def mining_statistics(
     similarity = similarity.detach()
     sums = torch.zeros(3, dtype=torch.float32, device=similarity.device)
     has_negative = candidate_negative.any(dim=1)
-    for rows in _row_blocks(similarity):
+    for rows in row_blocks(similarity):
         block, zero = similarity[rows], similarity.new_zeros(())
         hardest = _masked_extreme(block, candidate_negative[rows], "max").squeeze(1)
         sums += torch.stack(
@@ -277,17 +279,6 @@ def _masked_extreme(similarity: Tensor, mask: Tensor, extreme: Literal["min", "m
     if extreme == "min":
         return torch.where(mask, similarity, float("inf")).amin(dim=1, keepdim=True)
     return torch.where(mask, similarity, -float("inf")).amax(dim=1, keepdim=True)
-
-
-def _row_blocks(matrix: Tensor, elements: int = 1 << 18) -> list[slice]:
-    """Slices of about ``elements`` entries' worth of rows of ``matrix``.
-
-    Mining works block by block so that its float temporaries stay cache-sized: a fresh (B, R) float tensor costs
-    more to allocate (page faults) than to fill.
-    """
-    rows, columns = matrix.shape
-    step = max(elements // max(columns, 1), 1)
-    return [slice(start, start + step) for start in range(0, rows, step)]
 
 
 def _block(weight: Tensor, rows: slice) -> Tensor:
