@@ -1,0 +1,240 @@
+"""Specification of ImageFolderDataModule: class folders of any PIL format, split by class, P x K batches."""
+
+import re
+
+import pytest
+import torch
+
+from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule
+from lit_metric.data.transforms import Normalize, RandomAugment, load_image
+
+SMALL_BATCHES = {"classes_per_batch": 2, "samples_per_class": 2}
+
+
+def names(datamodule, dataset):
+    return sorted({datamodule.classes[label] for label in dataset.labels.tolist()})
+
+
+def test_every_pil_format_is_read_as_greyscale_or_rgb_at_the_configured_size(mixed_folder):
+    for channels in (1, 3):
+        datamodule = ImageFolderDataModule(
+            root=str(mixed_folder), image_size=(12, 10), channels=channels, val_fraction=0.4, **SMALL_BATCHES
+        )
+        datamodule.setup("fit")
+        assert datamodule.classes == ["cat", "dog", "eel", "fox", "gnu"]
+        for dataset in (datamodule.train_set, datamodule.val_set):
+            for item in dataset:
+                assert item["image"].shape == (channels, 12, 10)
+                assert item["image"].dtype == torch.float32
+                assert 0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1
+
+
+def test_items_carry_label_and_position_in_the_dataset(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20")
+    datamodule.setup("fit")
+    item = datamodule.val_set[7]
+    assert set(item) == {"image", "label", "index"}
+    assert int(item["index"]) == 7
+    assert datamodule.classes[int(item["label"])] == "s22"  # five images a person: s22 is at positions 5 to 9
+
+
+def test_orl_split_by_ranges_trains_on_s1_to_s20_and_evaluates_on_s21_to_s40(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20", val_classes="s21..s40")
+    datamodule.setup("fit")
+    assert names(datamodule, datamodule.train_set) == sorted(f"s{i}" for i in range(1, 21))
+    assert names(datamodule, datamodule.val_set) == sorted(f"s{i}" for i in range(21, 41))
+    # With two parts named, validation, test and predict share one evaluation set.
+    assert datamodule.test_set is datamodule.val_set
+    assert datamodule.split["train"][:3] == ["s1", "s2", "s3"]  # natural order: s2 before s10
+
+
+def test_naming_the_training_classes_alone_evaluates_on_all_the_others(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes=["s1..s10", "s40"])
+    datamodule.setup("fit")
+    assert len(datamodule.split["train"]) == 11
+    assert datamodule.split["val"] == [f"s{i}" for i in range(11, 40)]
+    assert datamodule.split["test"] == datamodule.split["val"]
+
+
+def test_three_named_parts_are_kept_apart(orl_faces):
+    datamodule = ImageFolderDataModule(
+        root=str(orl_faces), val_classes=["s31..s35", "s37"], test_classes="s36", train_classes="s1..s30"
+    )
+    datamodule.setup("fit")
+    assert datamodule.split["val"] == ["s31", "s32", "s33", "s34", "s35", "s37"]
+    assert names(datamodule, datamodule.test_set) == ["s36"]
+    assert len(datamodule.train_set) == 30 * 5
+
+
+def test_fraction_split_is_class_disjoint_and_reproducible_by_seed(orl_faces):
+    def split(seed):
+        datamodule = ImageFolderDataModule(root=str(orl_faces), val_fraction=0.25, test_fraction=0.25, seed=seed)
+        datamodule.setup("fit")
+        return datamodule.split
+
+    first = split(0)
+    assert [len(first[part]) for part in ("train", "val", "test")] == [20, 10, 10]
+    assert not set(first["train"]) & (set(first["val"]) | set(first["test"]))
+    assert not set(first["val"]) & set(first["test"])
+    assert split(0) == first
+    assert split(1) != first
+
+
+def test_training_batches_are_p_by_k_and_augmented_evaluation_batches_are_not(orl_faces):
+    datamodule = ImageFolderDataModule(
+        root=str(orl_faces),
+        train_classes="s1..s20",
+        augmentation=RandomAugment(crop_scale=0.8),
+        classes_per_batch=4,
+        samples_per_class=5,
+        eval_batch_size=64,
+    )
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape == (20, 1, 14, 12)
+    assert torch.bincount(batch["label"]).max() == 5 and len(batch["label"].unique()) == 4
+    stored = datamodule.train_set.images[batch["index"]].float() / 255
+    assert not torch.equal(batch["image"], stored)
+    evaluation = next(iter(datamodule.val_dataloader()))
+    assert torch.equal(evaluation["image"], datamodule.val_set.images[:64].float() / 255)
+
+
+def test_images_read_lazily_equal_images_held_in_memory(mixed_folder):
+    eager = ImageFolderDataModule(root=str(mixed_folder), image_size=(12, 10), channels=3, **SMALL_BATCHES)
+    lazy = ImageFolderDataModule(
+        root=str(mixed_folder), image_size=(12, 10), channels=3, in_memory=False, **SMALL_BATCHES
+    )
+    for datamodule in (eager, lazy):
+        datamodule.setup("fit")
+    assert lazy.val_set.images is None
+    for index in range(len(eager.val_set)):
+        assert torch.equal(lazy.val_set[index]["image"], eager.val_set[index]["image"])
+
+
+def test_loaders_work_with_worker_processes(orl_faces):
+    datamodule = ImageFolderDataModule(
+        root=str(orl_faces), train_classes="s1..s20", classes_per_batch=4, samples_per_class=5, num_workers=2
+    )
+    datamodule.setup("fit")
+    assert len(list(datamodule.train_dataloader())) == 5
+    assert sum(len(batch["label"]) for batch in datamodule.val_dataloader()) == 100
+
+
+def test_normalisation_applies_to_training_and_evaluation(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20", mean=[0.5], std=[0.25])
+    datamodule.setup("fit")
+    raw = datamodule.val_set.images[0].float() / 255
+    assert torch.allclose(datamodule.val_set[0]["image"], (raw - 0.5) / 0.25)
+
+
+def test_root_comes_from_the_environment_variable_when_not_given(orl_faces, monkeypatch):
+    monkeypatch.setenv("LIT_METRIC_TEST_FACES", str(orl_faces))
+    datamodule = ImageFolderDataModule(root_env="LIT_METRIC_TEST_FACES")
+    assert datamodule.root == orl_faces
+    assert datamodule.hparams.root == str(orl_faces)
+
+
+def test_random_augment_keeps_shape_and_range():
+    torch.manual_seed(0)
+    image = torch.rand(3, 20, 16)
+    augmented = RandomAugment(crop_scale=0.7, brightness=0.5, contrast=0.5)(image)
+    assert augmented.shape == image.shape
+    assert 0 <= float(augmented.min()) <= float(augmented.max()) <= 1
+    assert torch.equal(RandomAugment(crop_scale=1, flip=False, brightness=0, contrast=0)(image), image)
+    assert torch.allclose(Normalize([0.5] * 3, [0.5] * 3)(image), image * 2 - 1)
+
+
+# Bad inputs fail with the argument or the path and what was expected.
+
+
+def test_missing_root_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"data folder '{missing}' (from `root`) does not exist")):
+        ImageFolderDataModule(root=str(missing))
+
+
+def test_missing_root_from_the_environment_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_METRIC_TEST_FACES", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="from the environment variable LIT_METRIC_TEST_FACES"):
+        ImageFolderDataModule(root_env="LIT_METRIC_TEST_FACES")
+
+
+def test_unset_root_names_the_option_and_the_environment_variable(monkeypatch):
+    monkeypatch.delenv("LIT_METRIC_TEST_FACES", raising=False)
+    with pytest.raises(ValueError, match=r"root PATH\) or set the environment variable LIT_METRIC_TEST_FACES"):
+        ImageFolderDataModule(root_env="LIT_METRIC_TEST_FACES")
+
+
+def test_empty_class_folder_is_named(tmp_path, write_image):
+    root = tmp_path / "faces"
+    write_image(root / "s1" / "1.pgm", (4, 4))
+    (root / "s2").mkdir()
+    (root / "s2" / "README").write_text("no images here")
+    datamodule = ImageFolderDataModule(root=str(root))
+    with pytest.raises(ValueError, match=re.escape(f"class folder '{root / 's2'}' has no image files")):
+        datamodule.setup("fit")
+
+
+def test_unreadable_image_is_named_by_its_path(mixed_folder):
+    broken = mixed_folder / "dog" / "broken.png"
+    broken.write_bytes(b"this is not a png")
+    for in_memory in (True, False):
+        datamodule = ImageFolderDataModule(
+            root=str(mixed_folder), image_size=(8, 8), in_memory=in_memory, **SMALL_BATCHES
+        )
+        with pytest.raises(ValueError, match=re.escape(f"cannot read image '{broken}'")):
+            datamodule.setup("fit")
+
+
+def test_split_leaving_a_class_with_fewer_than_k_images_names_the_class(tmp_path, write_image):
+    root = tmp_path / "faces"
+    for person in range(1, 5):
+        for shot in range(1, 5 if person != 2 else 3):
+            write_image(root / f"s{person}" / f"{shot}.pgm", (4, 4))
+    datamodule = ImageFolderDataModule(root=str(root), train_classes="s1..s3", classes_per_batch=2, samples_per_class=4)
+    with pytest.raises(ValueError, match=re.escape("fewer than `samples_per_class` = 4 images: s2 (2)")):
+        datamodule.setup("fit")
+    replaced = ImageFolderDataModule(
+        root=str(root), train_classes="s1..s3", classes_per_batch=2, samples_per_class=4, replacement=True
+    )
+    replaced.setup("fit")
+    assert next(iter(replaced.train_dataloader()))["label"].shape == (8,)
+
+
+def test_split_with_fewer_classes_than_p_is_rejected(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s3", classes_per_batch=4)
+    with pytest.raises(ValueError, match=re.escape("split has 3 classes, fewer than `classes_per_batch` = 4")):
+        datamodule.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"train_classes": "s1..s99"}, "`train_classes` names 's99', which is not a class folder"),
+        ({"val_classes": ["s5", "x"]}, "`val_classes` names 'x', which is not a class folder"),
+        ({"train_classes": "s20..s1"}, "`train_classes` range 's20..s1' is empty: 's1' comes before 's20'"),
+        ({"train_classes": "s1..s20", "val_classes": "s15..s40"}, "the split is not class-disjoint: ['s15', 's16'"),
+    ],
+)
+def test_bad_class_names_are_rejected_with_the_argument(orl_faces, kwargs, message):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), **kwargs)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        datamodule.setup("fit")
+
+
+def test_images_of_different_sizes_need_image_size(mixed_folder):
+    datamodule = ImageFolderDataModule(root=str(mixed_folder), **SMALL_BATCHES)
+    with pytest.raises(ValueError, match=r"is \(11, 8\) \(H, W\) but .* is \(10, 8\); set `image_size`"):
+        datamodule.setup("fit")
+
+
+def test_dataset_rejects_labels_that_do_not_match_the_files(orl_faces):
+    with pytest.raises(ValueError, match=re.escape("`labels` must have shape (1,), got shape (2,)")):
+        ImageFileDataset([orl_faces / "s1" / "1.pgm"], [0, 1])
+
+
+def test_load_image_converts_to_the_requested_channels(mixed_folder):
+    path = mixed_folder / "dog" / "0.png"
+    assert load_image(path, channels=1).shape == (1, 10, 8)
+    assert load_image(path, channels=3, size=(5, 4)).dtype == torch.uint8
+    assert load_image(path, channels=3, size=(5, 4)).shape == (3, 5, 4)

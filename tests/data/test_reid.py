@@ -1,0 +1,187 @@
+"""Specification of ReIDDataModule: VIPeR and Market-1501 layouts, identity splits, query/gallery evaluation."""
+
+import re
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_metric.data.reid import ReIDDataModule, viper_split
+from lit_metric.metrics import RetrievalMetrics
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.hyperparams = {}
+
+    def log_hyperparams(self, params):
+        self.hyperparams.update(params)
+
+
+def viper(root, **kwargs):
+    datamodule = ReIDDataModule(root=str(root), **{"classes_per_batch": 4, "samples_per_class": 2, **kwargs})
+    datamodule.setup("fit")
+    return datamodule
+
+
+def identities(dataset, mask=None):
+    """The people of ``dataset``, or of its items where ``mask`` is true, by file name prefix."""
+    mask = torch.ones(len(dataset), dtype=torch.bool) if mask is None else mask
+    return {path.stem.split("_")[0] for path, keep in zip(dataset.paths, mask.tolist()) if keep}
+
+
+def test_viper_trains_on_half_the_people_and_queries_cam_a_against_cam_b_of_the_others(viper_root):
+    datamodule = viper(viper_root)
+    assert datamodule.layout == "viper"
+    train_ids, test_ids = datamodule.split["train_ids"], datamodule.split["test_ids"]
+    assert len(train_ids) == len(test_ids) == 36 and not set(train_ids) & set(test_ids)
+    assert identities(datamodule.train_set) == set(train_ids)
+    assert len(datamodule.train_set) == 72  # both cameras of every training person
+    evaluation = datamodule.eval_set
+    is_query, is_gallery = evaluation.extras["is_query"], evaluation.extras["is_gallery"]
+    assert torch.equal(is_gallery, ~is_query) and int(is_query.sum()) == 36
+    assert identities(evaluation, is_query) == identities(evaluation, is_gallery) == set(test_ids)
+    assert set(evaluation.extras["camera"][is_query].tolist()) == {0}
+    assert set(evaluation.extras["camera"][is_gallery].tolist()) == {1}
+    assert all(path.parent.name == "cam_a" for path, query in zip(evaluation.paths, is_query) if query)
+    # A query and its gallery image share the label.
+    query_labels, gallery_labels = evaluation.labels[is_query], evaluation.labels[is_gallery]
+    assert torch.equal(query_labels.sort().values, gallery_labels.sort().values)
+
+
+def test_viper_items_carry_camera_and_query_gallery_flags(viper_root):
+    item = viper(viper_root, image_size=(16, 6)).eval_set[0]
+    assert set(item) == {"image", "label", "index", "camera", "is_query", "is_gallery"}
+    assert item["image"].shape == (3, 16, 6)
+    assert bool(item["is_query"]) and not bool(item["is_gallery"]) and int(item["camera"]) == 0
+
+
+def test_viper_seed_draws_ten_distinct_splits_and_split_index_picks_one(viper_root):
+    people = [f"{i:03d}" for i in range(632)]
+    splits = [viper_split(people, index, seed=0) for index in range(10)]
+    assert all(len(train) == len(test) == 316 for train, test in splits)
+    assert len({tuple(train) for train, _ in splits}) == 10
+    assert viper_split(people, 3, seed=0) == splits[3]
+    assert viper_split(people, 3, seed=1) != splits[3]
+    assert viper(viper_root, split_index=3).split["train_ids"] != viper(viper_root, split_index=4).split["train_ids"]
+
+
+def test_viper_split_is_logged(viper_root):
+    datamodule = ReIDDataModule(root=str(viper_root), split_index=2, seed=7, classes_per_batch=4, samples_per_class=2)
+    datamodule.trainer = SimpleNamespace(logger=RecordingLogger())
+    datamodule.setup("fit")
+    logged = datamodule.trainer.logger.hyperparams["data_split"]
+    assert logged["split_index"] == 2 and logged["seed"] == 7
+    assert logged["train_ids"] == datamodule.split["train_ids"] and len(logged["test_ids"]) == 36
+
+
+def test_viper_training_batches_pair_the_two_cameras_of_each_person(viper_root):
+    datamodule = viper(viper_root, classes_per_batch=8)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape == (16, 3, 32, 12)
+    for label in batch["label"].unique():
+        assert sorted(batch["camera"][batch["label"] == label].tolist()) == [0, 1]
+
+
+def test_market1501_drops_junk_and_keeps_distractors_in_the_gallery_only(market_root):
+    datamodule = ReIDDataModule(root=str(market_root), classes_per_batch=4, samples_per_class=2)
+    datamodule.setup("fit")
+    assert datamodule.layout == "market1501"
+    assert len(datamodule.train_set) == 32 and len(datamodule.train_set.labels.unique()) == 16
+    evaluation = datamodule.eval_set
+    is_query = evaluation.extras["is_query"]
+    names = [path.name for path in evaluation.paths]
+    assert not any(name.startswith("-1_") for name in names)
+    distractors = [i for i, name in enumerate(names) if name.startswith("0000_")]
+    assert len(distractors) == 2 and not is_query[distractors].any()
+    assert int(is_query.sum()) == 3 and len(evaluation) == 3 + 11
+    assert evaluation.extras["camera"][is_query].tolist() == [1, 1, 1]
+    assert set(evaluation.extras["camera"][~is_query].tolist()) == {1, 2, 3}
+    assert datamodule.split == {
+        "layout": "market1501", "train_ids": 16, "train_images": 32, "query_images": 3, "gallery_images": 11
+    }
+
+
+def test_evaluation_batches_feed_the_re_id_protocol_of_the_retrieval_metric(market_root):
+    datamodule = ReIDDataModule(root=str(market_root), classes_per_batch=4, samples_per_class=2)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.val_dataloader()))
+    metric = RetrievalMetrics(k=[1])
+    # Embeddings that are the identity itself: every query finds its two other-camera images first.
+    metric.update(
+        F.one_hot(batch["label"]).float(),
+        batch["label"],
+        batch["index"],
+        is_query=batch["is_query"],
+        is_gallery=batch["is_gallery"],
+        cameras=batch["camera"],
+    )
+    result = metric.compute()
+    assert int(result["num_queries"]) == 3
+    assert float(result["map@r"]) == 1.0
+
+
+# Bad inputs fail with the argument or the path and what was expected.
+
+
+def test_viper_cameras_that_do_not_pair_up_are_named(viper_root, tmp_path):
+    root = tmp_path / "viper"
+    shutil.copytree(viper_root, root)
+    (root / "cam_a" / "005_0.bmp").unlink()
+    shutil.copy(root / "cam_a" / "006_0.bmp", root / "cam_a" / "900_0.bmp")
+    with pytest.raises(
+        ValueError, match=re.escape("do not pair up by identity prefix: only in cam_a: ['900'], only in cam_b: ['005']")
+    ):
+        viper(root)
+
+
+def test_viper_without_a_camera_folder_is_named(viper_root, tmp_path):
+    root = tmp_path / "viper"
+    shutil.copytree(viper_root / "cam_a", root / "cam_a")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"VIPeR camera folder '{root / 'cam_b'}' does not exist")):
+        viper(root)
+
+
+def test_viper_split_leaving_people_with_fewer_than_k_images_is_rejected(viper_root):
+    with pytest.raises(ValueError, match=r"fewer than `samples_per_class` = 4 images: \d{3} \(2\)"):
+        viper(viper_root, samples_per_class=4)
+
+
+def test_split_index_outside_the_ten_splits_is_rejected(viper_root):
+    with pytest.raises(ValueError, match=re.escape("`split_index` must be in [0, 10), got 10")):
+        ReIDDataModule(root=str(viper_root), split_index=10)
+
+
+def test_market1501_file_not_following_the_naming_is_named(market_root, tmp_path):
+    root = tmp_path / "market"
+    shutil.copytree(market_root, root)
+    stray = root / "query" / "person.jpg"
+    shutil.copy(root / "query" / "0101_c1s1_000101_01.jpg", stray)
+    datamodule = ReIDDataModule(root=str(root), classes_per_batch=4, samples_per_class=2)
+    with pytest.raises(ValueError, match=re.escape(f"Market-1501 image '{stray}' does not follow the name pattern")):
+        datamodule.setup("fit")
+
+
+def test_market1501_folder_without_images_is_named(market_root, tmp_path):
+    root = tmp_path / "market"
+    shutil.copytree(market_root, root)
+    for image in (root / "query").glob("*.jpg"):
+        image.unlink()
+    datamodule = ReIDDataModule(root=str(root), classes_per_batch=4, samples_per_class=2)
+    with pytest.raises(ValueError, match=re.escape(f"Market-1501 folder '{root / 'query'}' has no images")):
+        datamodule.setup("fit")
+
+
+def test_unknown_layout_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="neither VIPeR's .* nor Market-1501's .* folders; set `layout`"):
+        ReIDDataModule(root=str(tmp_path))
+
+
+def test_missing_root_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("LIT_METRIC_VIPER", raising=False)
+    with pytest.raises(ValueError, match="or set the environment variable LIT_METRIC_VIPER"):
+        ReIDDataModule(root_env="LIT_METRIC_VIPER")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"data folder '{tmp_path / 'nowhere'}' (from `root`)")):
+        ReIDDataModule(root=str(tmp_path / "nowhere"))

@@ -1,0 +1,97 @@
+"""Specification of configs/: every config parses, and every training config runs a few steps on tiny data."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_metric.callbacks import load_embeddings
+from lit_metric.cli import run
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+# Configs without a model and data add to a training config, e.g. `--config digits.yaml --config predict.yaml`.
+OVERLAY_BASE = CONFIGS / "digits.yaml"
+SHORT = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=2",
+    "--trainer.check_val_every_n_epoch=1",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def config_args(path: Path) -> list[str]:
+    config = yaml.safe_load(path.read_text())
+    overlay = "model" not in config or "data" not in config
+    return ["--config", str(OVERLAY_BASE), "--config", str(path)] if overlay else ["--config", str(path)]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_config_parses(path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", *config_args(path), "--print_config"])
+    printed = capsys.readouterr()
+    assert exit_info.value.code in (None, 0), printed.err[-2000:]
+    assert "class_path: lit_metric.MetricLearningModule" in printed.out
+
+
+def fit_briefly(config: str, workdir: Path, *extra: str):
+    """A few steps of ``lit-metric fit`` in ``workdir``, W&B offline; returns the CLI."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_DIR", str(workdir))
+        cli = run(["fit", "--config", str(CONFIGS / config), *SHORT, *extra])
+        cli.trainer.logger.experiment.finish()
+    return cli
+
+
+def assert_metrics_and_checkpoint(cli, workdir: Path):
+    metrics = cli.trainer.callback_metrics
+    assert 0 <= float(metrics["val/map@r"]) <= 1
+    assert "train/loss" in metrics
+    assert (workdir / cli.trainer.checkpoint_callback.best_model_path).is_file()
+
+
+def test_digits_config_runs(tmp_path):
+    assert_metrics_and_checkpoint(fit_briefly("digits.yaml", tmp_path), tmp_path)
+
+
+def test_att_faces_config_runs_on_orl_folders_given_by_the_environment(orl_faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_METRIC_ATT_FACES", str(orl_faces))
+    cli = fit_briefly("att_faces.yaml", tmp_path)
+    assert_metrics_and_checkpoint(cli, tmp_path)
+    assert cli.datamodule.split["train"] == [f"s{i}" for i in range(1, 21)]
+    assert cli.datamodule.split["val"] == [f"s{i}" for i in range(21, 41)]
+    # `lit-metric predict` with the export overlay writes each held-out image's embedding with its file path.
+    ckpt = str(tmp_path / cli.trainer.checkpoint_callback.best_model_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        run(["predict", "--config", str(CONFIGS / "att_faces.yaml"), "--config", str(CONFIGS / "predict.yaml"),
+             f"--ckpt_path={ckpt}"])
+    export = load_embeddings(tmp_path / "embeddings.pt")
+    dataset = cli.datamodule.predict_dataloader().dataset
+    assert export["paths"] == [str(path) for path in dataset.paths]
+    assert export["embeddings"].shape[0] == len(dataset)
+
+
+def test_att_faces_config_without_a_root_names_the_option_and_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("LIT_METRIC_ATT_FACES", raising=False)
+    with pytest.raises(ValueError, match=r"root PATH\) or set the environment variable LIT_METRIC_ATT_FACES"):
+        fit_briefly("att_faces.yaml", tmp_path)
+
+
+def test_viper_config_runs_on_cam_a_cam_b_folders(viper_root, tmp_path):
+    cli = fit_briefly("viper.yaml", tmp_path, f"--data.init_args.root={viper_root}")
+    assert_metrics_and_checkpoint(cli, tmp_path)
+    assert float(cli.trainer.callback_metrics["val/num_queries"]) == 36
+    assert len(cli.datamodule.split["test_ids"]) == 36
+
+
+def test_market1501_config_runs_on_market_names(market_root, tmp_path):
+    # Two workers, one per core of the test machine, instead of the config's four.
+    workers = "--data.init_args.num_workers=2"
+    cli = fit_briefly("market1501.yaml", tmp_path, f"--data.init_args.root={market_root}", workers)
+    assert_metrics_and_checkpoint(cli, tmp_path)
+    assert float(cli.trainer.callback_metrics["val/num_queries"]) == 3
+    assert "val/map" in cli.trainer.callback_metrics
