@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def main() -> None:
         worker(args.worker, args.n[0], args.queries)
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dimension {DIM}, classes of {CLASS_SIZE}\n")
+    # Other jobs on the machine skew wall times, so the load is printed before and after.
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dimension {DIM}, classes of {CLASS_SIZE}, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
     if args.scale:
         n, queries = 1_000_000, 10_000
         r = measure("lit_metric", n, queries)
@@ -117,6 +120,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         print(f"| {n:,} | {queries:,} | {r['wall']:.1f} | {r['peak_mb']:.0f} | {n * DIM * 4 / 2**20:.0f} "
               f"| {r['map@r']:.4f} | {r['r_precision']:.4f} | {r['recall@1']:.4f} |")
+        print(f"\nload average {os.getloadavg()[0]:.1f}")
         return
 
     print("| N | method | wall (s) | peak memory (MB) | time vs pml | MAP@R | R-Precision | Recall@1 |")
@@ -132,6 +136,7 @@ def main() -> None:
             ratio = r["wall"] / results["pytorch-metric-learning"]["wall"]
             print(f"| {n:,} | {method} | {r['wall']:.2f} | {r['peak_mb']:.0f} | {ratio:.2f}x | {r['map@r']:.4f} "
                   f"| {r['r_precision']:.4f} | {r['recall@1']:.4f} |", flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

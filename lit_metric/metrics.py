@@ -36,7 +36,8 @@ class RetrievalMetrics(Metric):
         metrics: names from ``("recall", "precision", "map_at_r", "r_precision", "map", "cmc")``. ``map`` sorts
             the full gallery for every query, ``O(N^2 log N)``; the others need only nearest neighbours.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``; each must be at most the gallery size.
-        chunk_size: side of the similarity blocks; memory grows with its square.
+        chunk_size: blocks of similarities hold at most ``chunk_size**2`` values (256 MB in float32 at the
+            default); larger blocks make the matrix products more efficient, and memory grows with its square.
         kwargs: passed to :class:`torchmetrics.Metric`.
     """
 
@@ -48,7 +49,7 @@ class RetrievalMetrics(Metric):
         self,
         metrics: Sequence[str] = ("recall", "precision", "map_at_r", "r_precision", "cmc"),
         k: Sequence[int] = (1, 2, 4, 8),
-        chunk_size: int = 4096,
+        chunk_size: int = 8192,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

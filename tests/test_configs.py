@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import wandb
 import yaml
 
 from lit_metric.callbacks import load_embeddings
@@ -41,16 +42,25 @@ def fit_briefly(config: str, workdir: Path, *extra: str):
         patch.chdir(workdir)
         patch.setenv("WANDB_MODE", "offline")
         patch.setenv("WANDB_DIR", str(workdir))
+        # A W&B service started by an earlier test resolves relative paths against its own working directory.
+        wandb.teardown()
         cli = run(["fit", "--config", str(CONFIGS / config), *SHORT, *extra])
         cli.trainer.logger.experiment.finish()
+        wandb.teardown()
     return cli
 
 
 def assert_metrics_and_checkpoint(cli, workdir: Path):
+    """Metrics, the best checkpoint, PNG pictures beside it and an offline W&B run."""
     metrics = cli.trainer.callback_metrics
     assert 0 <= float(metrics["val/map@r"]) <= 1
     assert "train/loss" in metrics
-    assert (workdir / cli.trainer.checkpoint_callback.best_model_path).is_file()
+    best = workdir / cli.trainer.checkpoint_callback.best_model_path
+    assert best.is_file()
+    pictures = {path.name for path in (best.parent.parent / "pictures").iterdir()}
+    assert pictures == {"retrieval_grid-epoch000.png", "embedding_projection-epoch000.png"}
+    save_dir = workdir / cli.trainer.logger.save_dir
+    assert list(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
 def test_digits_config_runs(tmp_path):

@@ -48,8 +48,8 @@ class RetrievalPictures(L.Callback):
     Args:
         num_queries: rows of the retrieval grid.
         k: neighbours shown for each query.
-        every_n_epochs: draw after the validation of every ``every_n_epochs``-th epoch (and never during the
-            sanity check).
+        every_n_epochs: draw after the validation of every ``every_n_epochs``-th epoch and of the last epoch
+            (never during the sanity check).
         projection: ``"pca"`` (fast, linear) or ``"tsne"`` (slower, shows clusters better).
         max_points: at most this many items (evenly spaced) in the projection, to keep it readable and fast.
         dirpath: folder of the PNG files; ``None`` uses ``<save_dir>/<name>/<version>/pictures`` of the first
@@ -84,7 +84,9 @@ class RetrievalPictures(L.Callback):
         self._batches: list[dict[str, Tensor]] = []
 
     def _drawing(self, trainer: L.Trainer) -> bool:
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        epochs_done = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epochs_done == trainer.max_epochs
+        return not trainer.sanity_checking and (epochs_done % self.every_n_epochs == 0 or last)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._batches = []

@@ -8,11 +8,12 @@ Exclusion rule: a gallery item is never ranked for a query that shares its *excl
 the item itself (leave-one-out, by position, so an exact duplicate of the query still counts); with cameras
 it is the (label, camera) pair, which removes same-identity same-camera items as in Market-1501 and torchreid.
 
-Similarities are computed for a chunk of queries against the whole gallery at once, in blocks of at most
-``chunk_size**2`` values, and one ``topk`` per query picks its neighbours, so memory stays bounded by one block plus
-the ``(N_q, k)`` neighbour lists. Leave-one-out computes the full similarity matrix, not half of it: at ``D = 128``
-the selection costs about as much as the matrix products, and reusing a block's transpose for the other rows means
-selecting from it a second time (measured: 1.9x slower at ``N = 20,000``; see ``benchmarks/retrieval.py``).
+Each chunk of queries is scored against the whole gallery with one matrix product, in blocks of at most
+``chunk_size**2`` similarities (256 MB in float32 at the default), and one ``topk`` per query picks its neighbours
+from the full row: nothing is merged, and memory stays bounded by one block plus the ``(N_q, k)`` neighbour lists.
+Leave-one-out computes the full similarity matrix although it is symmetric: reusing a block's transpose would halve
+the matrix products but needs a second selection over rows only one chunk wide, where ``topk`` is several times
+slower per value than over a full row (at ``N = 60,000``, ``D = 128``, a chunk costs 2.2x as much that way).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def cosine_knn(
     gallery: Tensor | None = None,
     query_keys: Tensor | None = None,
     gallery_keys: Tensor | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int = 8192,
 ) -> tuple[Tensor, Tensor]:
     """Exact top-``k`` gallery items of every query by cosine similarity, in the module's ranking order.
 
@@ -69,17 +70,17 @@ def cosine_knn(
             raise ValueError("`gallery_keys` must be None when `gallery` is None (leave-one-out)")
         query_keys = torch.arange(len(q), device=q.device) if query_keys is None else query_keys
         gallery_keys = query_keys
+    rows_per_chunk = max(1, chunk_size * chunk_size // len(g))
     if query_keys is not None:
-        sorted_keys, key_order = gallery_keys.sort()
-    step = max(1, chunk_size * chunk_size // len(g))
+        excluded = _equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
     # One buffer for every block: a fresh allocation this large would be paged in again for each chunk.
-    buffer = torch.empty(min(step, len(q)), len(g), dtype=q.dtype, device=q.device)
+    buffer = torch.empty(min(rows_per_chunk, len(q)), len(g), dtype=q.dtype, device=q.device)
     top_scores, top_indices = [], []
-    for i in range(0, len(q), step):
-        chunk = q[i : i + step]
-        block = torch.mm(chunk, g.T, out=buffer[: len(chunk)])
+    for chunk, i in enumerate(range(0, len(q), rows_per_chunk)):
+        rows = q[i : i + rows_per_chunk]
+        block = torch.mm(rows, g.T, out=buffer[: len(rows)])
         if query_keys is not None:
-            block[_equal_key_pairs(query_keys[i : i + step], sorted_keys, key_order)] = float("-inf")
+            block[excluded[chunk]] = float("-inf")
         scores, indices = _top_k(block, k)
         top_scores.append(scores)
         top_indices.append(indices)
@@ -100,7 +101,7 @@ def cosine_average_precision(
     gallery_labels: Tensor,
     query_keys: Tensor | None = None,
     gallery_keys: Tensor | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int = 8192,
 ) -> Tensor:
     """Average precision of every query over the full ranking of the gallery.
 
@@ -114,22 +115,23 @@ def cosine_average_precision(
         gallery_labels: ``(N_g,)`` integer labels.
         query_keys: ``(N_q,)`` exclusion keys, see :func:`cosine_knn`; ``None`` excludes nothing.
         gallery_keys: ``(N_g,)`` exclusion keys.
-        chunk_size: bounds each chunk to about ``chunk_size**2 / 4`` similarities.
+        chunk_size: bounds each chunk to about ``chunk_size**2 / 16`` similarities, as sorting them takes about
+            16 times the memory of the similarities alone.
 
     Returns:
         ``(N_q,)`` float64 average precision; NaN for a query without a relevant gallery item.
     """
     q, g = _normalize(queries), _normalize(gallery)
-    rows_per_chunk = max(1, chunk_size * chunk_size // (4 * len(g)))
+    rows_per_chunk = max(1, chunk_size * chunk_size // (16 * len(g)))
     ranks = torch.arange(1, len(g) + 1, device=q.device, dtype=torch.float64)
     if query_keys is not None:
-        sorted_keys, key_order = gallery_keys.sort()
+        excluded = _equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
     out = [torch.empty(0, dtype=torch.float64, device=q.device)]
-    for i in range(0, len(q), rows_per_chunk):
+    for chunk, i in enumerate(range(0, len(q), rows_per_chunk)):
         rows = slice(i, i + rows_per_chunk)
         block = q[rows] @ g.T
         if query_keys is not None:
-            block[_equal_key_pairs(query_keys[rows], sorted_keys, key_order)] = float("-inf")
+            block[excluded[chunk]] = float("-inf")
         # Stable sort of rows in gallery order implements the tie rule.
         scores, order = block.sort(dim=1, descending=True, stable=True)
         hits = (gallery_labels[order] == query_labels[rows, None]) & (scores > float("-inf"))
@@ -200,7 +202,7 @@ def retrieval_metrics(
     cameras: Tensor | None = None,
     metrics: Sequence[str] = RETRIEVAL_METRICS,
     k: Sequence[int] = (1, 2, 4, 8),
-    chunk_size: int = 4096,
+    chunk_size: int = 8192,
 ) -> dict[str, Tensor]:
     """Retrieval metrics of a set of items, each a query, a gallery item, or both.
 
@@ -218,7 +220,7 @@ def retrieval_metrics(
         cameras: ``(N,)`` integer camera ids.
         metrics: names from :data:`RETRIEVAL_METRICS`.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``.
-        chunk_size: side of the similarity blocks.
+        chunk_size: blocks of similarities hold at most ``chunk_size**2`` values (and at least one row).
 
     Returns:
         Scalar float32 tensors: ``recall@K``, ``precision@K``, ``cmc@K`` for each ``K``, ``map@r``,
@@ -249,11 +251,13 @@ def retrieval_metrics(
 
     needs_r = any(name in metrics for name in ("map_at_r", "r_precision"))
     search_k = max(max(k), int(num_relevant.max()) if needs_r else 0)
+    # Indexing copies, which matters for a large gallery searched by a few queries.
+    gallery_embeddings = embeddings if len(gallery) == len(labels) else embeddings[gallery]
     if len(queries) == len(gallery) == len(labels):
         _, neighbours = cosine_knn(embeddings, search_k, query_keys=keys, chunk_size=chunk_size)
     else:
         _, neighbours = cosine_knn(
-            embeddings[queries], search_k, embeddings[gallery], keys[queries], keys[gallery], chunk_size
+            embeddings[queries], search_k, gallery_embeddings, keys[queries], keys[gallery], chunk_size
         )
     match = (neighbours >= 0) & (gallery_labels[neighbours.clamp(min=0)] == query_labels[:, None])
     match, relevant = match[scored], num_relevant[scored]
@@ -269,7 +273,7 @@ def retrieval_metrics(
     if "map" in metrics:
         scored_queries = queries[scored]
         per_query["map"] = cosine_average_precision(
-            embeddings[scored_queries], labels[scored_queries], embeddings[gallery], gallery_labels,
+            embeddings[scored_queries], labels[scored_queries], gallery_embeddings, gallery_labels,
             keys[scored_queries], keys[gallery], chunk_size,
         )
     out = {name: values.mean().float() for name, values in per_query.items()}
@@ -284,16 +288,21 @@ def _normalize(x: Tensor) -> Tensor:
     return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=1)
 
 
-def _equal_key_pairs(query_keys: Tensor, sorted_keys: Tensor, key_order: Tensor) -> tuple[Tensor, Tensor]:
-    """``(rows, columns)`` of the pairs with equal keys, given the gallery keys sorted and their gallery positions.
+def _equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: int) -> list[tuple[Tensor, Tensor]]:
+    """For each chunk of ``rows_per_chunk`` queries, ``(rows in the chunk, gallery positions)`` of its pairs with
+    equal keys.
 
-    Costs ``O(N_q log N_g)`` plus the number of pairs, against ``O(N_q N_g)`` for comparing every pair.
+    Found by binary search in the sorted gallery keys, so the cost is ``O((N_q + N_g) log N_g)`` plus the number
+    of pairs, against ``O(N_q N_g)`` for comparing every pair; the blocks are then masked by index.
     """
+    sorted_keys, order = gallery_keys.sort()
     start = torch.searchsorted(sorted_keys, query_keys)
     count = torch.searchsorted(sorted_keys, query_keys, right=True) - start
     rows = torch.repeat_interleave(count)
     rank_in_run = torch.arange(len(rows), device=rows.device) - (count.cumsum(0) - count)[rows]
-    return rows, key_order[start[rows] + rank_in_run]
+    columns = order[start[rows] + rank_in_run]
+    sizes = torch.bincount(rows // rows_per_chunk, minlength=-(-len(query_keys) // rows_per_chunk)).tolist()
+    return list(zip((rows % rows_per_chunk).split(sizes), columns.split(sizes)))
 
 
 def _top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -309,7 +318,7 @@ def _top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if len(rows):
         row_scores, cut = scores[rows], kth[rows, None]
         above, at = row_scores > cut, row_scores == cut
-        keep = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+        keep = above | (at & (at.cumsum(dim=1, dtype=torch.int32) <= k - above.sum(dim=1, keepdim=True)))
         columns[rows] = keep.nonzero()[:, 1].view(-1, k)
         values[rows] = row_scores.gather(1, columns[rows])
     return values, columns

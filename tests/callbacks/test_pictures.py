@@ -45,6 +45,16 @@ def test_without_a_logger_the_pictures_of_every_nth_epoch_go_to_the_root_dir(pic
     ]
 
 
+def test_the_last_epoch_is_drawn_even_off_the_cycle(tmp_path):
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path,
+        callbacks=[RetrievalPictures(num_queries=2, k=2, every_n_epochs=5)],
+    )
+    trainer.fit(MetricLearningModule(ConvEmbedder(1, 8, channels=[8])), DigitsDataModule())
+    assert (tmp_path / "pictures" / "retrieval_grid-epoch000.png").is_file()
+
+
 def test_the_grid_has_a_row_per_query_and_a_column_per_neighbour(pictures_folder):
     with Image.open(pictures_folder / "retrieval_grid-epoch001.png") as grid:
         width, height = grid.size

@@ -29,12 +29,13 @@ def test_every_pil_format_is_read_as_greyscale_or_rgb_at_the_configured_size(mix
                 assert 0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1
 
 
-def test_items_carry_label_and_position_in_the_dataset(orl_faces):
+def test_items_carry_label_position_in_the_dataset_and_file_path(orl_faces):
     datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20")
     datamodule.setup("fit")
     item = datamodule.val_set[7]
-    assert set(item) == {"image", "label", "index"}
+    assert set(item) == {"image", "label", "index", "path"}
     assert int(item["index"]) == 7
+    assert item["path"] == str(datamodule.val_set.paths[7])
     assert datamodule.classes[int(item["label"])] == "s22"  # five images a person: s22 is at positions 5 to 9
 
 

@@ -53,7 +53,7 @@ def test_viper_trains_on_half_the_people_and_queries_cam_a_against_cam_b_of_the_
 
 def test_viper_items_carry_camera_and_query_gallery_flags(viper_root):
     item = viper(viper_root, image_size=(16, 6)).eval_set[0]
-    assert set(item) == {"image", "label", "index", "camera", "is_query", "is_gallery"}
+    assert set(item) == {"image", "label", "index", "path", "camera", "is_query", "is_gallery"}
     assert item["image"].shape == (3, 16, 6)
     assert bool(item["is_query"]) and not bool(item["is_gallery"]) and int(item["camera"]) == 0
 

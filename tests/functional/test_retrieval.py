@@ -108,6 +108,13 @@ def test_ties_go_to_the_lowest_position_and_exact_duplicates_are_kept(chunk_size
     assert torch.equal(neighbours, expected)
 
 
+@pytest.mark.parametrize("chunk_size", [2, 64])
+def test_collapsed_embeddings_rank_by_position(chunk_size):
+    # Every similarity ties, as with a collapsed network: each query gets the lowest other positions.
+    _, neighbours = cosine_knn(torch.ones(9, 4), 4, chunk_size=chunk_size)
+    assert neighbours.tolist() == [[p for p in range(9) if p != q][:4] for q in range(9)]
+
+
 def test_exclusion_keys_leave_empty_slots():
     x = torch.eye(3)
     scores, neighbours = cosine_knn(x, 2, query_keys=torch.tensor([0, 0, 1]))
