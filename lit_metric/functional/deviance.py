@@ -47,7 +47,7 @@ def cosine_similarity(embeddings: Tensor, reference_embeddings: Tensor | None = 
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         queries = F.normalize(embeddings.to(dtype), dim=1)
         if reference_embeddings is embeddings:
-            return queries @ queries.T
+            return _Gram.apply(queries)
         return queries @ F.normalize(reference_embeddings.to(dtype), dim=1).T
 
 
@@ -81,6 +81,32 @@ def binomial_deviance(
     return _BinomialDeviance.apply(similarity, m, w, float(alpha), float(beta))
 
 
+class _Gram(torch.autograd.Function):
+    """``X X^T`` with the backward pass as one matrix product, ``(G + G^T) X``, where autograd would run two."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.T
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return _symmetrized(grad_output) @ x
+
+
+def _symmetrized(g: Tensor, tile: int = 256) -> Tensor:
+    """``g + g^T`` of a square ``g``, tile by tile: a plain ``g + g.T`` reads the transpose with a stride that misses
+    the cache and costs about as much as the matrix product."""
+    out = torch.empty_like(g)
+    for i in range(0, g.shape[0], tile):
+        for j in range(i, g.shape[0], tile):
+            block = g[i : i + tile, j : j + tile] + g[j : j + tile, i : i + tile].T
+            out[i : i + tile, j : j + tile] = block
+            out[j : j + tile, i : i + tile] = block.T
+    return out
+
+
 class _BinomialDeviance(torch.autograd.Function):
     """Loss with the closed-form gradient; saves only its inputs for the backward pass.
 
@@ -111,7 +137,8 @@ class _BinomialDeviance(torch.autograd.Function):
                 grad_w[rows] = F.softplus(z) * grad_output
             if grad_similarity is not None:
                 # d softplus(z) / dS = sigmoid(z) * (-alpha * M)
-                grad_similarity[rows] = z.sigmoid_().mul_(m[rows]).mul_(w[rows]).mul_(-ctx.alpha * grad_output)
+                grad = z.sigmoid_().mul_(m[rows]).mul_(w[rows])
+                torch.mul(grad, -ctx.alpha * grad_output, out=grad_similarity[rows])
         return grad_similarity, None, grad_w, None, None
 
 

@@ -68,6 +68,17 @@ def test_gradcheck_end_to_end_through_cosine_similarity():
     )
 
 
+def test_gradcheck_of_the_self_similarity_and_its_one_product_backward():
+    generator = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    _, m, w = random_problem(b=6, r=6)
+    assert torch.autograd.gradcheck(lambda e: binomial_deviance(cosine_similarity(e), m, w), (embeddings,))
+    grad_ours = torch.autograd.grad(binomial_deviance(cosine_similarity(embeddings), m, w), embeddings)[0]
+    normalised = F.normalize(embeddings, dim=1)
+    grad_autograd = torch.autograd.grad(autograd_deviance(normalised @ normalised.T, m, w, 2.0, 0.5), embeddings)[0]
+    torch.testing.assert_close(grad_ours, grad_autograd, rtol=0, atol=1e-10)
+
+
 def test_cosine_similarity_is_the_normalised_dot_product():
     generator = torch.Generator().manual_seed(2)
     a = torch.randn(4, 3, generator=generator, dtype=torch.float64)
