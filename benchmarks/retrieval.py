@@ -2,8 +2,9 @@
 pytorch-metric-learning's AccuracyCalculator (faiss-cpu, the named baseline) and torchmetrics' retrieval
 classes fed all query-gallery pairs.
 
-Every (method, N) runs in a fresh subprocess; peak memory is the growth of its peak RSS after the imports and
-the embeddings, so it covers torch's and faiss' allocations that tracemalloc cannot see. Data: N embeddings of
+All methods run side by side in this process, after a small warm-up run of each; peak memory is the growth of
+the process's peak RSS over one call (``measure.peak_memory_mb`` resets the mark before each), so it covers
+torch's and faiss' allocations that tracemalloc cannot see. Data: N embeddings of
 dimension 128 in classes of 50, Recall@{1,2,4,8}, MAP@R and R-Precision. Each method prints its MAP@R and
 R-Precision so the table also shows that they agree.
 
@@ -14,11 +15,7 @@ R-Precision so the table also shows that they agree.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import time
 
 import torch
@@ -26,6 +23,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalRPrecision
 
 from lit_metric.metrics import RetrievalMetrics
+
+from measure import peak_memory_mb
 
 DIM, CLASS_SIZE, KS = 128, 50, (1, 2, 4, 8)
 # torchmetrics keeps a float32 score, a bool target and an int64 query index per pair, and copies them in compute.
@@ -81,41 +80,35 @@ def run_torchmetrics(x: torch.Tensor, labels: torch.Tensor, num_queries: int | N
 METHODS = {"pytorch-metric-learning": run_pml, "lit_metric": run_lit_metric, "torchmetrics": run_torchmetrics}
 
 
-def worker(method: str, n: int, num_queries: int | None) -> None:
-    x, labels = make_embeddings(n)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    scores = METHODS[method](x, labels, num_queries)
-    wall = time.perf_counter() - start
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
-    print(json.dumps({"wall": wall, "peak_mb": peak_mb, **scores}))
+def measure(method: str, x: torch.Tensor, labels: torch.Tensor, num_queries: int | None = None) -> dict[str, float]:
+    """Scores, wall time (s) and peak memory (MB above the embeddings) of one call of ``method``."""
+    result: dict[str, float] = {}
 
+    def call() -> None:
+        start = time.perf_counter()
+        result.update(METHODS[method](x, labels, num_queries))
+        result["wall"] = time.perf_counter() - start
 
-def measure(method: str, n: int, num_queries: int | None = None) -> dict[str, float]:
-    command = [sys.executable, __file__, "--worker", method, "--n", str(n)]
-    if num_queries is not None:
-        command += ["--queries", str(num_queries)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    result["peak_mb"] = peak_memory_mb(call)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[5_000, 20_000, 60_000])
     parser.add_argument("--scale", action="store_true", help="lit_metric alone on 1,000,000 items")
-    parser.add_argument("--queries", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        worker(args.worker, args.n[0], args.queries)
-        return
+    # First calls pay for thread pools and lazy initialisation; keep that out of the table.
+    small, small_labels = make_embeddings(500)
+    for method in METHODS:
+        METHODS[method](small, small_labels, None)
 
     # Other jobs on the machine skew wall times, so the load is printed before and after.
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dimension {DIM}, classes of {CLASS_SIZE}, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     if args.scale:
         n, queries = 1_000_000, 10_000
-        r = measure("lit_metric", n, queries)
+        r = measure("lit_metric", *make_embeddings(n), queries)
         print(f"| N | queries | wall (s) | peak memory (MB) | embeddings (MB) | MAP@R | R-Precision | Recall@1 |")
         print("|---|---|---|---|---|---|---|---|")
         print(f"| {n:,} | {queries:,} | {r['wall']:.1f} | {r['peak_mb']:.0f} | {n * DIM * 4 / 2**20:.0f} "
@@ -126,13 +119,14 @@ def main() -> None:
     print("| N | method | wall (s) | peak memory (MB) | time vs pml | MAP@R | R-Precision | Recall@1 |")
     print("|---|---|---|---|---|---|---|---|")
     for n in args.n:
+        x, labels = make_embeddings(n)
         results = {}
         for method in METHODS:
             pairs_gb = n * (n - 1) * TORCHMETRICS_BYTES_PER_PAIR / 1e9
             if method == "torchmetrics" and pairs_gb > TORCHMETRICS_LIMIT_GB:
                 print(f"| {n:,} | {method} | skipped (N^2 pairs = {pairs_gb:.0f} GB) | | | | | |")
                 continue
-            results[method] = r = measure(method, n)
+            results[method] = r = measure(method, x, labels)
             ratio = r["wall"] / results["pytorch-metric-learning"]["wall"]
             print(f"| {n:,} | {method} | {r['wall']:.2f} | {r['peak_mb']:.0f} | {ratio:.2f}x | {r['map@r']:.4f} "
                   f"| {r['r_precision']:.4f} | {r['recall@1']:.4f} |", flush=True)

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from lit_metric.functional.retrieval import RETRIEVAL_METRICS, retrieval_metrics
 
@@ -113,24 +112,33 @@ class RetrievalMetrics(Metric):
         """Metrics over every stored item, once per dataset index; see the class docstring for the keys."""
         if len(self.indexes) == 0:
             raise ValueError("`update` must be called with at least one item before `compute`")
-        indexes = dim_zero_cat(self.indexes)
+        indexes = _concatenated(self.indexes)
         unique, inverse = torch.unique(indexes, return_inverse=True)
         positions = torch.arange(len(indexes), device=indexes.device)
         first = torch.full_like(unique, len(indexes)).scatter_reduce_(0, inverse, positions, "amin")
-        cameras = dim_zero_cat(self.cameras)[first]
+        # Items already unique and in index order (one process, no padding) need no gather: it would copy them all.
+        pick = _concatenated if torch.equal(first, positions) else (lambda states: _concatenated(states)[first])
+        cameras = pick(self.cameras)
         with_cameras = cameras != _NO_CAMERA
         if with_cameras.any() and not with_cameras.all():
             raise ValueError("`cameras` must be given in every update or in none, got a mix")
         return retrieval_metrics(
-            dim_zero_cat(self.embeddings)[first],
-            dim_zero_cat(self.labels)[first],
-            dim_zero_cat(self.is_query)[first],
-            dim_zero_cat(self.is_gallery)[first],
+            pick(self.embeddings),
+            pick(self.labels),
+            pick(self.is_query),
+            pick(self.is_gallery),
             cameras if with_cameras.all() else None,
             self.metrics,
             self.k,
             self.chunk_size,
         )
+
+
+def _concatenated(states: list[Tensor] | Tensor) -> Tensor:
+    """A list state as one tensor; a single tensor (one update, or synced) is returned without a copy."""
+    if isinstance(states, Tensor):
+        return states
+    return states[0] if len(states) == 1 else torch.cat(states)
 
 
 def _check_update(
