@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss.py
 	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/baselines.py
 
 clean:
 	rm -rf $(VENV) lightning_logs wandb runs
