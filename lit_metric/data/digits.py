@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
 from lit_metric.data.datasets import TensorImageDataset
-from lit_metric.data.samplers import PKSampler
+from lit_metric.data.loaders import eval_loader, pk_train_loader
 
 __all__ = ["DigitsDataModule"]
 
@@ -81,19 +81,8 @@ class DigitsDataModule(L.LightningDataModule):
         self.holdout_set = TensorImageDataset(images[holdout_idx], labels[holdout_idx])
 
     def train_dataloader(self) -> DataLoader:
-        sampler = PKSampler(
-            self.train_set.labels,
-            classes_per_batch=self.hparams.classes_per_batch,
-            samples_per_class=self.hparams.samples_per_class,
-            seed=self.hparams.seed,
-        )
-        return DataLoader(
-            self.train_set,
-            sampler=sampler,
-            batch_size=sampler.batch_size,
-            drop_last=True,
-            num_workers=self.hparams.num_workers,
-        )
+        hp = self.hparams
+        return pk_train_loader(self.train_set, hp.classes_per_batch, hp.samples_per_class, False, hp.seed, hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._holdout_loader()
@@ -105,6 +94,4 @@ class DigitsDataModule(L.LightningDataModule):
         return self._holdout_loader()
 
     def _holdout_loader(self) -> DataLoader:
-        return DataLoader(
-            self.holdout_set, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers
-        )
+        return eval_loader(self.holdout_set, self.hparams.eval_batch_size, self.hparams.num_workers)

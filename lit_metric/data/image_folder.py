@@ -14,7 +14,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_metric.data.samplers import PKSampler
+from lit_metric.data.loaders import eval_loader, pk_train_loader
 from lit_metric.data.transforms import Normalize, image_size_of, load_image
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule", "natural_key", "resolve_root"]
@@ -154,37 +154,6 @@ def check_pk_split(
             f"the training split leaves classes with fewer than `samples_per_class` = {samples_per_class} images: "
             f"{', '.join(small[:10])}; lower `samples_per_class` or set `replacement: true`"
         )
-
-
-def pk_train_loader(
-    dataset: ImageFileDataset,
-    classes_per_batch: int,
-    samples_per_class: int,
-    replacement: bool,
-    seed: int,
-    num_workers: int,
-) -> DataLoader:
-    """Training loader of P x K class-balanced batches."""
-    sampler = PKSampler(
-        dataset.labels,
-        classes_per_batch=classes_per_batch,
-        samples_per_class=samples_per_class,
-        seed=seed,
-        replacement=replacement,
-    )
-    return DataLoader(
-        dataset,
-        sampler=sampler,
-        batch_size=sampler.batch_size,
-        drop_last=True,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def eval_loader(dataset: ImageFileDataset, batch_size: int, num_workers: int) -> DataLoader:
-    """Evaluation loader in data set order."""
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 def log_split(datamodule: L.LightningDataModule, split: Mapping[str, object]) -> None:

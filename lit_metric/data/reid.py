@@ -17,14 +17,13 @@ from torch.utils.data import DataLoader
 from lit_metric.data.image_folder import (
     ImageFileDataset,
     check_pk_split,
-    eval_loader,
     image_files,
     log_split,
     natural_key,
-    pk_train_loader,
     resolve_root,
     transforms_for,
 )
+from lit_metric.data.loaders import eval_loader, pk_train_loader
 
 __all__ = ["ReIDDataModule", "ReIDImage", "scan_market1501", "scan_viper", "viper_split"]
 
