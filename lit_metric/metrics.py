@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_metric.functional.retrieval import RETRIEVAL_METRICS, retrieval_metrics
+from lit_metric.functional.retrieval import check_options, retrieval_metrics
 
 __all__ = ["RetrievalMetrics"]
 
@@ -52,11 +52,7 @@ class RetrievalMetrics(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        unknown = sorted(set(metrics) - set(RETRIEVAL_METRICS))
-        if unknown or not metrics:
-            raise ValueError(f"`metrics` must be a non-empty subset of {RETRIEVAL_METRICS}, got {tuple(metrics)}")
-        if not k or any(isinstance(cut, bool) or not isinstance(cut, int) or cut < 1 for cut in k):
-            raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k}")
+        check_options(metrics, k)
         if not chunk_size >= 1:
             raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}")
         self.metrics = tuple(metrics)

@@ -31,6 +31,7 @@ class MetricLearningModule(L.LightningModule):
         scheduler: builds an LR scheduler from the optimizer, or ``None``.
         metrics: retrieval metric for validation and test (each gets its own copy); defaults to
             ``RetrievalMetrics()``.
+        scheduler_monitor: the logged metric that a ``ReduceLROnPlateau`` scheduler watches.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class MetricLearningModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         metrics: RetrievalMetrics | None = None,
+        scheduler_monitor: str = "val/map@r",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -47,6 +49,7 @@ class MetricLearningModule(L.LightningModule):
         self.criterion = criterion if criterion is not None else BinomialDevianceLoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.scheduler_monitor = scheduler_monitor
         metrics = metrics if metrics is not None else RetrievalMetrics()
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
@@ -143,7 +146,7 @@ class MetricLearningModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config = {"scheduler": scheduler}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/map@r"
+            config["monitor"] = self.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def _update_metrics(self, metrics: RetrievalMetrics, batch: dict[str, Tensor]) -> None:
@@ -157,6 +160,10 @@ class MetricLearningModule(L.LightningModule):
         )
 
     def _log_metrics(self, stage: str, metrics: RetrievalMetrics) -> None:
+        if self.trainer.sanity_checking:
+            # The sanity check sees only the first batches; a re-ID set read queries first may hold no gallery yet.
+            metrics.reset()
+            return
         values = metrics.compute()
         metrics.reset()
         # Every process holds the same synced values; sync_dist only tells Lightning so.

@@ -73,7 +73,7 @@ class EmbeddingIndex:
             raise ValueError(f"`paths` must hold {n} paths to match `embeddings`, got {len(paths)}")
         self.model = model.eval()
         self.embeddings = embeddings
-        self.labels = labels
+        self.labels = labels.to(embeddings.device) if labels is not None else None
         self.paths = [str(path) for path in paths] if paths is not None else None
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 

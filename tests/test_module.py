@@ -100,6 +100,38 @@ def test_optimizer_and_scheduler_are_built_from_callables():
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5 * 0.1**2)
 
 
+class QueriesFirst(torch.utils.data.Dataset):
+    """A re-ID evaluation set read queries first, so that the first batch holds no gallery item."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __len__(self):
+        return len(self.batch["label"])
+
+    def __getitem__(self, i):
+        item = {key: value[i] for key, value in self.batch.items()}
+        return {**item, "is_query": torch.tensor(i < 6), "camera": torch.tensor(int(i >= 6))}
+
+
+def test_the_sanity_check_does_not_score_a_partial_query_gallery_set():
+    batch = tiny_batch()
+    batch["label"] = torch.arange(6).repeat(2)  # each query's person is in the gallery, seen by the other camera
+    evaluation = DataLoader(QueriesFirst(batch), batch_size=6)
+    trainer = tiny_trainer(max_steps=1, num_sanity_val_steps=1)
+    trainer.fit(tiny_module(metrics=RetrievalMetrics(k=[1, 2])), loader(batch), evaluation)
+    assert float(trainer.callback_metrics["val/num_queries"]) == 6
+
+
+def test_a_plateau_scheduler_watches_the_configured_metric():
+    module = tiny_module(
+        scheduler=lambda optimizer: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer),
+        scheduler_monitor="val/recall@1",
+    )
+    module.trainer = tiny_trainer()
+    assert module.configure_optimizers()["lr_scheduler"]["monitor"] == "val/recall@1"
+
+
 class DotProductModule(MetricLearningModule):
     """A user's subclass that changes one thing: the similarity, to a scaled dot product."""
 

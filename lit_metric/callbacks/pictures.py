@@ -109,11 +109,12 @@ class RetrievalPictures(L.Callback):
         self._batches.append({name: value.detach().cpu() for name, value in kept.items()})
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._drawing(trainer) or not self._batches:
+        if not self._drawing(trainer):
             return
+        # Every process joins the gather, also one that saw no batch, or the others would wait for it forever.
         items = gather_in_dataset_order(self._batches)
         self._batches = []
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and items:
             self._log(trainer, self._figures(trainer, items))
 
     def _figures(self, trainer: L.Trainer, items: dict[str, Tensor]) -> dict[str, Figure]:

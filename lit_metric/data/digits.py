@@ -54,8 +54,10 @@ class DigitsDataModule(L.LightningDataModule):
             raise ValueError(f"`split` must be 'stratified' or 'class_disjoint', got {split!r}")
         if not 0 < holdout_fraction < 1:
             raise ValueError(f"`holdout_fraction` must be in (0, 1), got {holdout_fraction}")
-        if split == "class_disjoint" and not set(holdout_classes) < set(range(10)):
-            raise ValueError(f"`holdout_classes` must be a proper subset of the digits 0-9, got {list(holdout_classes)}")
+        if split == "class_disjoint" and not set() < set(holdout_classes) < set(range(10)):
+            raise ValueError(
+                f"`holdout_classes` must be a non-empty proper subset of the digits 0-9, got {list(holdout_classes)}"
+            )
         self.save_hyperparameters()
         self.train_set: TensorImageDataset | None = None
         self.holdout_set: TensorImageDataset | None = None

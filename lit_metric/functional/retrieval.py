@@ -70,6 +70,8 @@ def cosine_knn(
             raise ValueError("`gallery_keys` must be None when `gallery` is None (leave-one-out)")
         query_keys = torch.arange(len(q), device=q.device) if query_keys is None else query_keys
         gallery_keys = query_keys
+    elif (query_keys is None) != (gallery_keys is None):
+        raise ValueError("`query_keys` and `gallery_keys` must be given together, got only one of them")
     rows_per_chunk = max(1, chunk_size * chunk_size // len(g))
     if query_keys is not None:
         excluded = _equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
@@ -227,6 +229,9 @@ def retrieval_metrics(
         ``r_precision``, ``map`` as requested (NaN when no query is scored), and the counts ``num_queries``
         (scored), ``num_skipped_queries`` and ``num_singleton_queries``. Ranking ties are broken by position.
     """
+    check_options(metrics, k)
+    if len(embeddings) != len(labels):
+        raise ValueError(f"`embeddings` and `labels` must have the same length, got {len(embeddings)} and {len(labels)}")
     is_query, is_gallery = _resolve_roles(is_query, is_gallery, len(labels), labels.device)
     queries, gallery = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
     shared = bool((is_query & is_gallery).any())
@@ -335,9 +340,21 @@ def _count_in(values: Tensor, reference: Tensor) -> Tensor:
     return torch.searchsorted(reference, values, right=True) - torch.searchsorted(reference, values)
 
 
+def check_options(metrics: Sequence[str], k: Sequence[int]) -> None:
+    """Raise a ValueError unless ``metrics`` are known names and ``k`` are positive integer cut-offs."""
+    unknown = sorted(set(metrics) - set(RETRIEVAL_METRICS))
+    if unknown or not metrics:
+        raise ValueError(f"`metrics` must be a non-empty subset of {RETRIEVAL_METRICS}, got {tuple(metrics)}")
+    if not k or any(isinstance(cut, bool) or not isinstance(cut, int) or cut < 1 for cut in k):
+        raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k}")
+
+
 def _resolve_roles(
     is_query: Tensor | None, is_gallery: Tensor | None, n: int, device: torch.device
 ) -> tuple[Tensor, Tensor]:
+    for name, flags in (("is_query", is_query), ("is_gallery", is_gallery)):
+        if flags is not None and (flags.dtype != torch.bool or flags.shape != (n,)):
+            raise ValueError(f"`{name}` must be a bool tensor of shape ({n},), got {flags.dtype} {tuple(flags.shape)}")
     if is_query is None and is_gallery is None:
         everything = torch.ones(n, dtype=torch.bool, device=device)
         return everything, everything

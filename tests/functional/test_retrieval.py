@@ -253,3 +253,25 @@ def test_bad_input_is_rejected_with_a_clear_message():
         cosine_knn(x, 5)
     with pytest.raises(ValueError, match="`gallery_keys` must be None"):
         cosine_knn(x, 1, gallery_keys=torch.arange(4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"metrics": ("recal",)}, r"`metrics` must be a non-empty subset of .*got \('recal',\)"),
+        ({"k": ()}, "`k` must be a non-empty sequence of positive integers"),
+        ({"k": (0, 1)}, "`k` must be a non-empty sequence of positive integers"),
+        ({"labels": torch.tensor([0, 0, 1])}, "`embeddings` and `labels` must have the same length, got 4 and 3"),
+        ({"is_query": torch.tensor([1, 0, 0, 0])}, r"`is_query` must be a bool tensor of shape \(4,\)"),
+        ({"is_gallery": torch.ones(3, dtype=torch.bool)}, r"`is_gallery` must be a bool tensor of shape \(4,\)"),
+    ],
+)
+def test_the_functional_checks_its_options_like_the_metric(kwargs, match):
+    arguments = {"embeddings": torch.randn(4, 3), "labels": torch.tensor([0, 0, 1, 1]), "k": (1,), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        retrieval_metrics(**arguments)
+
+
+def test_query_and_gallery_keys_come_together():
+    with pytest.raises(ValueError, match="`query_keys` and `gallery_keys` must be given together"):
+        cosine_knn(torch.randn(2, 3), 1, torch.randn(4, 3), query_keys=torch.arange(2))
