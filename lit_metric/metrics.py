@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_metric.functional.retrieval import check_options, retrieval_metrics
+from lit_metric.functional.retrieval import check_options, first_occurrences, resolve_roles, retrieval_metrics
 
 __all__ = ["RetrievalMetrics"]
 
@@ -89,12 +89,7 @@ class RetrievalMetrics(Metric):
                 f"got shape {tuple(embeddings.shape)}"
             )
         n = len(labels)
-        if is_query is None and is_gallery is None:
-            is_query = is_gallery = torch.ones(n, dtype=torch.bool, device=labels.device)
-        elif is_query is None:
-            is_query = ~is_gallery
-        elif is_gallery is None:
-            is_gallery = ~is_query
+        is_query, is_gallery = resolve_roles(is_query, is_gallery, n, labels.device)
         if cameras is None:
             cameras = torch.full((n,), _NO_CAMERA, dtype=torch.long, device=labels.device)
         self.embeddings.append(embeddings.detach())
@@ -109,9 +104,8 @@ class RetrievalMetrics(Metric):
         if len(self.indexes) == 0:
             raise ValueError("`update` must be called with at least one item before `compute`")
         indexes = _concatenated(self.indexes)
-        unique, inverse = torch.unique(indexes, return_inverse=True)
+        first = first_occurrences(indexes)
         positions = torch.arange(len(indexes), device=indexes.device)
-        first = torch.full_like(unique, len(indexes)).scatter_reduce_(0, inverse, positions, "amin")
         # Items already unique and in index order (one process, no padding) need no gather: it would copy them all.
         pick = _concatenated if torch.equal(first, positions) else (lambda states: _concatenated(states)[first])
         cameras = pick(self.cameras)

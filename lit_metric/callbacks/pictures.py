@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from lit_metric.callbacks.prediction_writer import gather_in_dataset_order
-from lit_metric.functional.retrieval import cosine_knn
+from lit_metric.functional.retrieval import cosine_knn, exclusion_keys, resolve_roles
 
 __all__ = ["RetrievalPictures", "draw_projection", "draw_retrieval_grid", "project_2d", "retrieval_examples"]
 
@@ -176,19 +176,11 @@ def retrieval_examples(
         ``(queries (Q,), neighbours (Q, k'))``: item positions in rank order; ``-1`` marks a slot left empty by
         the exclusions.
     """
-    n = len(labels)
-    if is_query is None and is_gallery is None:
-        is_query = is_gallery = torch.ones(n, dtype=torch.bool)
-    elif is_query is None:
-        is_query = ~is_gallery
-    elif is_gallery is None:
-        is_gallery = ~is_query
+    is_query, is_gallery = resolve_roles(is_query, is_gallery, len(labels), labels.device)
     query_items, gallery_items = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
     picks = torch.linspace(0, len(query_items) - 1, min(num_queries, len(query_items))).round().long()
     queries = query_items[picks]
-    keys = torch.arange(n)
-    if cameras is not None:
-        keys = torch.unique(torch.stack([labels, cameras], dim=1), dim=0, return_inverse=True)[1]
+    keys = exclusion_keys(labels, cameras)
     _, found = cosine_knn(
         embeddings[queries], min(k, len(gallery_items)), embeddings[gallery_items], keys[queries], keys[gallery_items]
     )

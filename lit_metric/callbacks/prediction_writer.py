@@ -14,6 +14,8 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from lit_metric.functional.retrieval import first_occurrences
+
 __all__ = ["EmbeddingWriter", "gather_in_dataset_order", "load_embeddings", "save_embeddings"]
 
 _SUFFIXES = (".pt", ".npz")
@@ -95,9 +97,7 @@ def gather_in_dataset_order(batches: list[dict[str, Any]]) -> dict[str, Any]:
     if "indexes" not in rows:
         return rows
     # DistributedSampler pads with repeated items: the first row of each index is kept.
-    unique, inverse = torch.unique(rows["indexes"], return_inverse=True)
-    positions = torch.arange(len(inverse))
-    first = torch.full_like(unique, len(inverse)).scatter_reduce_(0, inverse, positions, "amin")
+    first = first_occurrences(rows["indexes"])
     return {
         name: [value[i] for i in first.tolist()] if isinstance(value, list) else value[first]
         for name, value in rows.items()

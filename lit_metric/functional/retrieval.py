@@ -26,12 +26,16 @@ from torch import Tensor
 
 __all__ = [
     "RETRIEVAL_METRICS",
+    "check_options",
     "cosine_average_precision",
     "cosine_knn",
+    "exclusion_keys",
+    "first_occurrences",
     "hit_rate_at_k",
     "map_at_r",
     "precision_at_k",
     "r_precision",
+    "resolve_roles",
     "retrieval_metrics",
 ]
 
@@ -232,7 +236,7 @@ def retrieval_metrics(
     check_options(metrics, k)
     if len(embeddings) != len(labels):
         raise ValueError(f"`embeddings` and `labels` must have the same length, got {len(embeddings)} and {len(labels)}")
-    is_query, is_gallery = _resolve_roles(is_query, is_gallery, len(labels), labels.device)
+    is_query, is_gallery = resolve_roles(is_query, is_gallery, len(labels), labels.device)
     queries, gallery = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
     shared = bool((is_query & is_gallery).any())
     gallery_size = len(gallery) - int(shared)
@@ -245,9 +249,7 @@ def retrieval_metrics(
     if max(k) > gallery_size:
         raise ValueError(f"every `k` must be at most the gallery size {gallery_size}, got k={max(k)}")
 
-    keys = torch.arange(len(labels), device=labels.device)
-    if cameras is not None:
-        keys = torch.unique(torch.stack([labels, cameras], dim=1), dim=0, return_inverse=True)[1]
+    keys = exclusion_keys(labels, cameras)
     query_labels, gallery_labels = labels[queries], labels[gallery]
     same_label = _count_in(query_labels, gallery_labels)
     num_relevant = same_label - _count_in(keys[queries], keys[gallery])
@@ -349,9 +351,31 @@ def check_options(metrics: Sequence[str], k: Sequence[int]) -> None:
         raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k}")
 
 
-def _resolve_roles(
+def exclusion_keys(labels: Tensor, cameras: Tensor | None = None) -> Tensor:
+    """``(N,)`` keys for :func:`cosine_knn`: the item itself, or with ``cameras`` its (label, camera) pair.
+
+    Args:
+        labels: ``(N,)`` integer labels.
+        cameras: ``(N,)`` integer camera ids, or ``None`` for leave-one-out by position.
+    """
+    if cameras is None:
+        return torch.arange(len(labels), device=labels.device)
+    return torch.unique(torch.stack([labels, cameras], dim=1), dim=0, return_inverse=True)[1]
+
+
+def first_occurrences(indexes: Tensor) -> Tensor:
+    """Positions of the first item of each dataset index, in index order: what is left of a ``(N,)`` index tensor
+    once the duplicates that ``DistributedSampler`` pads in are dropped."""
+    unique, inverse = torch.unique(indexes, return_inverse=True)
+    positions = torch.arange(len(indexes), device=indexes.device)
+    return torch.full_like(unique, len(indexes)).scatter_reduce_(0, inverse, positions, "amin")
+
+
+def resolve_roles(
     is_query: Tensor | None, is_gallery: Tensor | None, n: int, device: torch.device
 ) -> tuple[Tensor, Tensor]:
+    """``(is_query, is_gallery)``, both ``(n,)`` bool: neither given means every item is both (leave-one-out), and
+    one given makes the other its complement."""
     for name, flags in (("is_query", is_query), ("is_gallery", is_gallery)):
         if flags is not None and (flags.dtype != torch.bool or flags.shape != (n,)):
             raise ValueError(f"`{name}` must be a bool tensor of shape ({n},), got {flags.dtype} {tuple(flags.shape)}")
