@@ -14,6 +14,7 @@ from torch import Tensor
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
+    check_choice,
     mining_statistics,
     pair_counts,
     pair_masks,
@@ -165,12 +166,9 @@ def _sum_over_processes(tensor: Tensor) -> Tensor:
 
 def _check_settings(settings: dict[str, Any], where: str) -> None:
     """Raise a ValueError naming the first invalid setting; ``where`` locates it, e.g. in a schedule entry."""
-    if "strategy" in settings and settings["strategy"] not in STRATEGIES:
-        raise ValueError(f"`strategy`{where} must be one of {', '.join(map(repr, STRATEGIES))}, got {settings['strategy']!r}")
-    if "weighting" in settings and settings["weighting"] not in WEIGHTINGS:
-        raise ValueError(
-            f"`weighting`{where} must be one of {', '.join(map(repr, WEIGHTINGS))}, got {settings['weighting']!r}"
-        )
+    for name, choices in (("strategy", STRATEGIES), ("weighting", WEIGHTINGS)):
+        if name in settings:
+            check_choice(name, settings[name], choices, where)
     if "negative_cost" in settings and not settings["negative_cost"] > 0:
         raise ValueError(f"`negative_cost`{where} must be > 0, got {settings['negative_cost']}")
     if "margin" in settings and not math.isfinite(settings["margin"]):

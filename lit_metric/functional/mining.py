@@ -19,6 +19,7 @@ __all__ = [
     "STRATEGIES",
     "WEIGHTINGS",
     "balanced_weights",
+    "check_choice",
     "hard_pairs",
     "hardest_negatives",
     "mining_statistics",
@@ -123,7 +124,7 @@ def select_pairs(
     Returns:
         ``(positive, negative)``, the kept ``(B, R)`` boolean masks.
     """
-    _check_choice("strategy", strategy, STRATEGIES)
+    check_choice("strategy", strategy, STRATEGIES)
     if strategy == "hard":
         return hard_pairs(similarity, positive, negative, margin)
     if strategy == "topk_negatives":
@@ -204,7 +205,7 @@ def pair_weights(positive: Tensor, negative: Tensor, weighting: Weighting, count
     Returns:
         ``(positive_weight, negative_weight)``: float32 scalars, or ``(B, 1)`` columns for ``"per_anchor"``.
     """
-    _check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("weighting", weighting, WEIGHTINGS)
     num_positive, num_negative, num_anchors = counts
     if weighting == "per_anchor":
         return per_anchor_weights(positive, negative, num_anchors)
@@ -286,9 +287,10 @@ def _block(weight: Tensor, rows: slice) -> Tensor:
     return weight[rows] if weight.ndim == 2 else weight
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: tuple[str, ...], where: str = "") -> None:
+    """Raise a ValueError naming ``name`` (located by ``where``, e.g. a schedule entry) unless ``value`` is a choice."""
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise ValueError(f"`{name}`{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _check_labels(name: str, labels: Tensor) -> None:
