@@ -124,11 +124,12 @@ class MetricLearningModule(L.LightningModule):
         )
         return loss * _world_size()
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._update_metrics(self.val_metrics, batch)
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Feeds the validation metric; returns the ``(B, D)`` embeddings for callbacks such as the pictures."""
+        return self._update_metrics(self.val_metrics, batch)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._update_metrics(self.test_metrics, batch)
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._update_metrics(self.test_metrics, batch)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self.embed(batch["image"])
@@ -149,15 +150,17 @@ class MetricLearningModule(L.LightningModule):
             config["monitor"] = self.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def _update_metrics(self, metrics: RetrievalMetrics, batch: dict[str, Tensor]) -> None:
+    def _update_metrics(self, metrics: RetrievalMetrics, batch: dict[str, Tensor]) -> Tensor:
+        embeddings = self.embed(batch["image"])
         metrics.update(
-            self.embed(batch["image"]),
+            embeddings,
             batch["label"],
             batch["index"],
             is_query=batch.get("is_query"),
             is_gallery=batch.get("is_gallery"),
             cameras=batch.get("camera"),
         )
+        return embeddings
 
     def _log_metrics(self, stage: str, metrics: RetrievalMetrics) -> None:
         if self.trainer.sanity_checking:

@@ -73,6 +73,13 @@ def test_without_a_miner_callback_the_papers_pairs_are_used():
     torch.testing.assert_close(module.training_step(batch, 0), expected)
 
 
+def test_validation_and_test_steps_return_the_embeddings_they_score():
+    module, batch = tiny_module(), tiny_batch()
+    module.eval()
+    torch.testing.assert_close(module.validation_step(batch, 0), module.embed(batch["image"]))
+    torch.testing.assert_close(module.test_step(batch, 0), module.embed(batch["image"]))
+
+
 def test_predict_step_returns_the_embeddings():
     module, batch = tiny_module(), tiny_batch()
     module.eval()

@@ -34,8 +34,8 @@ _ROLES = {"is_query": "is_query", "is_gallery": "is_gallery", "camera": "cameras
 class RetrievalPictures(L.Callback):
     """Draws a retrieval grid and a 2-D projection of the validation embeddings every ``every_n_epochs`` epochs.
 
-    During validation it embeds each batch once more with ``pl_module.embed`` and keeps the embeddings, labels and
-    dataset indices (never the images); at the end it picks ``num_queries`` queries spread over the validation set,
+    During validation it keeps the embeddings that ``validation_step`` returns, with the labels and dataset
+    indices (never the images); at the end it picks ``num_queries`` queries spread over the validation set,
     finds their ``k`` nearest gallery items with :func:`~lit_metric.functional.retrieval.cosine_knn` under the
     retrieval metric's rules (leave-one-out, or query/gallery with same-camera matches excluded), and loads the
     images it shows from the validation data set by their ``"index"``, which must be the position in that data
@@ -102,9 +102,13 @@ class RetrievalPictures(L.Callback):
     ) -> None:
         if dataloader_idx != 0 or not self._drawing(trainer):
             return
-        with torch.no_grad():
-            embeddings = pl_module.embed(batch["image"])
-        kept = {"embeddings": embeddings, "labels": batch["label"], "indexes": batch["index"]}
+        # The embeddings that validation_step computed for the metric; embedding the batch again would double the work.
+        if not isinstance(outputs, Tensor) or outputs.ndim != 2 or len(outputs) != len(batch["label"]):
+            raise ValueError(
+                "RetrievalPictures needs `validation_step` to return the batch's (B, D) embeddings, as "
+                f"MetricLearningModule does; got {type(outputs).__name__}"
+            )
+        kept = {"embeddings": outputs, "labels": batch["label"], "indexes": batch["index"]}
         kept.update({name: batch[key] for key, name in _ROLES.items() if key in batch})
         self._batches.append({name: value.detach().cpu() for name, value in kept.items()})
 

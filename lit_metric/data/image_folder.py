@@ -96,7 +96,12 @@ class ImageFileDataset(Dataset):
         image = image.float() / 255
         for transform in self.transforms:
             image = transform(image)
-        item = {"image": image, "label": self.labels[index], "index": torch.tensor(index), "path": str(self.paths[index])}
+        item = {
+            "image": image,
+            "label": self.labels[index],
+            "index": torch.tensor(index),
+            "path": str(self.paths[index]),
+        }
         item.update({key: values[index] for key, values in self.extras.items()})
         return item
 

@@ -55,6 +55,21 @@ def test_the_last_epoch_is_drawn_even_off_the_cycle(tmp_path):
     assert (tmp_path / "pictures" / "retrieval_grid-epoch000.png").is_file()
 
 
+class SilentValidation(MetricLearningModule):
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+
+
+def test_a_validation_step_that_returns_no_embeddings_is_named(tmp_path):
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+        callbacks=[RetrievalPictures(num_queries=2, k=2)],
+    )
+    with pytest.raises(ValueError, match="needs `validation_step` to return the batch's \\(B, D\\) embeddings"):
+        trainer.fit(SilentValidation(ConvEmbedder(1, 8, channels=[8])), DigitsDataModule())
+
+
 def test_the_grid_has_a_row_per_query_and_a_column_per_neighbour(pictures_folder):
     with Image.open(pictures_folder / "retrieval_grid-epoch001.png") as grid:
         width, height = grid.size
