@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lit_metric.functional.deviance import binomial_deviance, cosine_similarity
+from lit_metric.functional.deviance import binomial_deviance, binomial_deviance_of_pairs, cosine_similarity
+from lit_metric.functional.pairs import Pairs
 
 __all__ = ["BinomialDevianceLoss"]
 
@@ -35,6 +36,10 @@ class BinomialDevianceLoss(nn.Module):
     def from_similarity(self, similarity: Tensor, m: Tensor, w: Tensor) -> Tensor:
         """Loss of a ``(B, R)`` similarity matrix that the caller computed, e.g. to mine pairs on it first."""
         return binomial_deviance(similarity, m, w, self.alpha, self.beta)
+
+    def from_pairs(self, similarity: Tensor, pairs: Pairs) -> Tensor:
+        """Loss of a ``(B, R)`` similarity matrix under a miner's factored ``M`` and ``W`` (:class:`Pairs`)."""
+        return binomial_deviance_of_pairs(similarity, pairs, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}"

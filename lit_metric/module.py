@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from lit_metric.callbacks.pair_miner import PairMiner
 from lit_metric.functional.deviance import cosine_similarity
+from lit_metric.functional.pairs import Pairs
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
 
@@ -26,7 +27,7 @@ class MetricLearningModule(L.LightningModule):
 
     Args:
         embedding_net: maps a batch of images to ``(B, D)`` embeddings.
-        criterion: loss with ``from_similarity(similarity, m, w)``; defaults to ``BinomialDevianceLoss()``.
+        criterion: loss with ``from_pairs(similarity, pairs)``; defaults to ``BinomialDevianceLoss()``.
         optimizer: builds the optimizer from the parameters (LightningCLI's ``OptimizerCallable``).
         scheduler: builds an LR scheduler from the optimizer, or ``None``.
         metrics: retrieval metric for validation and test (each gets its own copy); defaults to
@@ -102,8 +103,8 @@ class MetricLearningModule(L.LightningModule):
 
     def mine(
         self, similarity: Tensor, labels: Tensor, reference_labels: Tensor, anchor_index: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """``(M, W)``, each ``(B, R)``, from the miner for a detached ``(B, R)`` similarity."""
+    ) -> Pairs:
+        """The miner's :class:`~lit_metric.functional.Pairs` (``M`` and ``W``) for a detached ``(B, R)`` similarity."""
         return self.miner.mine(similarity, labels, reference_labels, anchor_index)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -117,8 +118,8 @@ class MetricLearningModule(L.LightningModule):
         embeddings = self.embed(batch["image"])
         reference, reference_labels, anchor_index = self.gather_reference(embeddings, labels)
         similarity = self.similarity(embeddings, reference)
-        m, w = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
-        loss = self.criterion.from_similarity(similarity, m, w)
+        pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
+        loss = self.criterion.from_pairs(similarity, pairs)
         self.log(
             "train/loss", loss.detach(), prog_bar=True, sync_dist=True, reduce_fx="sum", batch_size=len(reference_labels)
         )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_metric import BinomialDevianceLoss, ConvEmbedder
-from lit_metric.functional import binomial_deviance, cosine_similarity
+from lit_metric.functional import Pairs, binomial_deviance, cosine_similarity
 
 
 def paper_pairs(labels):
@@ -15,6 +15,16 @@ def paper_pairs(labels):
     m = positive.double() - negative.double()
     w = positive.double() / positive.sum() + negative.double() / negative.sum()
     return m, w
+
+
+def test_from_pairs_is_the_dense_loss_on_the_pairs_matrices():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    same = labels[:, None] == labels[None, :]
+    pairs = Pairs(same & ~torch.eye(5, dtype=torch.bool), ~same, torch.tensor([[0.5]] * 5), torch.tensor(0.1), 4.0)
+    similarity = cosine_similarity(torch.randn(5, 3, dtype=torch.float64))
+    criterion = BinomialDevianceLoss(alpha=3.0, beta=0.2)
+    expected = criterion.from_similarity(similarity, *pairs.matrices(torch.float64))
+    torch.testing.assert_close(criterion.from_pairs(similarity, pairs), expected)
 
 
 def test_defaults_are_the_papers():

@@ -38,10 +38,11 @@ class RecordingMiner(PairMiner):
     """A miner that weights only the first anchor's pairs, so its use is visible in the loss."""
 
     def mine(self, similarity, labels, reference_labels, anchor_index=None):
-        m, w = super().mine(similarity, labels, reference_labels, anchor_index)
-        w[1:] = 0
-        self.last = (m, w)
-        return m, w
+        pairs = super().mine(similarity, labels, reference_labels, anchor_index)
+        pairs.positive[1:] = False
+        pairs.negative[1:] = False
+        self.last = pairs.matrices()
+        return pairs
 
 
 class LossRecorder(L.Callback):
@@ -152,7 +153,7 @@ def test_a_subclass_overrides_one_hook_and_trains():
     batch = tiny_batch()
     module.eval()
     embeddings = module.embed(batch["image"])
-    m, w = module.mine(torch.tanh(embeddings @ embeddings.T), batch["label"], batch["label"], batch["index"])
+    m, w = module.mine(torch.tanh(embeddings @ embeddings.T), batch["label"], batch["label"], batch["index"]).matrices()
     expected = binomial_deviance(torch.tanh(embeddings @ embeddings.T), m, w)
     torch.testing.assert_close(module.training_step(batch, 0), expected)
     module.train()

@@ -1,5 +1,5 @@
-"""The pair-mining callback: builds the loss's ``M`` and ``W`` for every training batch, logs what it kept, and
-changes its settings by epoch."""
+"""The pair-mining callback: builds the loss's ``M`` and ``W`` (as :class:`~lit_metric.functional.Pairs`) for every
+training batch, logs what it kept, and changes its settings by epoch."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lit_metric.functional._blocks import row_blocks
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
@@ -18,10 +19,10 @@ from lit_metric.functional.mining import (
     mining_statistics,
     pair_counts,
     pair_masks,
-    pair_matrices,
     pair_weights,
     select_pairs,
 )
+from lit_metric.functional.pairs import Pairs
 
 __all__ = ["PairMiner"]
 
@@ -107,8 +108,11 @@ class PairMiner(L.Callback):
 
     def mine(
         self, similarity: Tensor, labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(M, W)`` for a batch.
+    ) -> Pairs:
+        """The pairs of a batch that count and their weights: ``M`` and ``W`` in factored form.
+
+        The masks are built, selected, counted and summarised block of rows by block of rows, so that the work
+        stays in cache and nothing of float ``(B, R)`` size is allocated; ``pairs.matrices()`` gives dense ``M``, ``W``.
 
         Args:
             similarity: ``(B, R)`` detached similarities of the anchors against the references.
@@ -117,25 +121,39 @@ class PairMiner(L.Callback):
             anchor_index: ``(B,)`` position of each anchor among the references, or ``None``.
 
         Returns:
-            ``(m, w)``, two ``(B, R)`` float32 tensors.
+            :class:`~lit_metric.functional.Pairs` with ``(B, R)`` masks.
         """
         if similarity.shape != (labels.shape[0], reference_labels.shape[0]):
             raise ValueError(
                 f"`similarity` must have shape (len(labels), len(reference_labels)) = "
                 f"({labels.shape[0]}, {reference_labels.shape[0]}), got {tuple(similarity.shape)}"
             )
-        candidate_positive, candidate_negative = pair_masks(labels, reference_labels, anchor_index)
-        # Every pair is a candidate but an anchor with itself: counted without a pass over the masks.
-        num_candidates = similarity.new_tensor(similarity.numel() - (0 if anchor_index is None else len(labels)))
-        positive, negative = select_pairs(
-            similarity, candidate_positive, candidate_negative, self.strategy, self.margin, self.negatives_per_anchor
-        )
-        counts = _sum_over_processes(pair_counts(positive, negative))
+        if anchor_index is not None and anchor_index.shape != labels.shape:
+            raise ValueError(
+                f"`anchor_index` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(anchor_index.shape)}"
+            )
+        similarity = similarity.detach()
+        positive = torch.empty(similarity.shape, dtype=torch.bool, device=similarity.device)
+        negative = torch.empty_like(positive)
+        counts = torch.zeros(3, dtype=torch.long, device=similarity.device)
+        sums = torch.zeros(5, dtype=torch.float32, device=similarity.device)
+        for rows in row_blocks(similarity):
+            block = similarity[rows]
+            candidate_positive, candidate_negative = pair_masks(
+                labels[rows], reference_labels, None if anchor_index is None else anchor_index[rows]
+            )
+            # Every pair is a candidate but an anchor with itself: counted without a pass over the masks.
+            num_candidates = block.new_tensor(block.numel() - (0 if anchor_index is None else block.shape[0]))
+            kept_positive, kept_negative = select_pairs(
+                block, candidate_positive, candidate_negative, self.strategy, self.margin, self.negatives_per_anchor
+            )
+            positive[rows], negative[rows] = kept_positive, kept_negative
+            counts += pair_counts(kept_positive, kept_negative)
+            sums += mining_statistics(block, candidate_negative, num_candidates, kept_positive, kept_negative)
+        counts, sums = _sum_over_processes(counts), _sum_over_processes(sums)
         positive_weight, negative_weight = pair_weights(positive, negative, self.weighting, counts)
-        m, w = pair_matrices(positive, negative, positive_weight, negative_weight, self.negative_cost)
-        sums = _sum_over_processes(mining_statistics(similarity, candidate_negative, num_candidates, positive, negative))
         self.statistics = _statistics(counts, sums)
-        return m, w
+        return Pairs(positive, negative, positive_weight, negative_weight, float(self.negative_cost))
 
 
 def _statistics(counts: Tensor, sums: Tensor) -> dict[str, Tensor]:

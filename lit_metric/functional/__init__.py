@@ -1,6 +1,6 @@
 """Pure functions under the stateful classes: the loss, pair mining and retrieval scoring."""
 
-from lit_metric.functional.deviance import binomial_deviance, cosine_similarity
+from lit_metric.functional.deviance import binomial_deviance, binomial_deviance_of_pairs, cosine_similarity
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
@@ -11,12 +11,12 @@ from lit_metric.functional.mining import (
     mining_statistics,
     pair_counts,
     pair_masks,
-    pair_matrices,
     pair_weights,
     per_anchor_weights,
     select_pairs,
     uniform_weights,
 )
+from lit_metric.functional.pairs import Pairs
 from lit_metric.functional.retrieval import (
     RETRIEVAL_METRICS,
     cosine_average_precision,
@@ -29,11 +29,13 @@ from lit_metric.functional.retrieval import (
 )
 
 __all__ = [
+    "Pairs",
     "RETRIEVAL_METRICS",
     "STRATEGIES",
     "WEIGHTINGS",
     "balanced_weights",
     "binomial_deviance",
+    "binomial_deviance_of_pairs",
     "check_choice",
     "cosine_average_precision",
     "cosine_knn",
@@ -45,7 +47,6 @@ __all__ = [
     "mining_statistics",
     "pair_counts",
     "pair_masks",
-    "pair_matrices",
     "pair_weights",
     "per_anchor_weights",
     "precision_at_k",

