@@ -2,7 +2,7 @@
 
 The gallery is embedded once (from images, a data set, a data loader or a file that ``lit-metric predict`` wrote with
 :class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter`); each search embeds the query images with the same
-model and ranks the gallery with :func:`~lit_metric.functional.retrieval.cosine_knn`, the exact search that the
+model and ranks the gallery with :func:`~lit_metric.functional.knn.cosine_knn`, the exact search that the
 retrieval metrics use, so ties and ranking order are the same as in evaluation.
 """
 
@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lit_metric.callbacks.prediction_writer import load_embeddings
-from lit_metric.functional.retrieval import cosine_knn
+from lit_metric.functional.knn import cosine_knn
 from lit_metric.module import MetricLearningModule
 
 __all__ = ["EmbeddingIndex", "Neighbours", "embed_batches", "embed_images", "nearest"]

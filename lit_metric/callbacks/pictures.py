@@ -21,7 +21,8 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from lit_metric.callbacks.prediction_writer import gather_in_dataset_order
-from lit_metric.functional.retrieval import cosine_knn, exclusion_keys, resolve_roles
+from lit_metric.functional.knn import cosine_knn
+from lit_metric.functional.retrieval import exclusion_keys, resolve_roles
 
 __all__ = ["RetrievalPictures", "draw_projection", "draw_retrieval_grid", "project_2d", "retrieval_examples"]
 
@@ -36,7 +37,7 @@ class RetrievalPictures(L.Callback):
 
     During validation it keeps the embeddings that ``validation_step`` returns, with the labels and dataset
     indices (never the images); at the end it picks ``num_queries`` queries spread over the validation set,
-    finds their ``k`` nearest gallery items with :func:`~lit_metric.functional.retrieval.cosine_knn` under the
+    finds their ``k`` nearest gallery items with :func:`~lit_metric.functional.knn.cosine_knn` under the
     retrieval metric's rules (leave-one-out, or query/gallery with same-camera matches excluded), and loads the
     images it shows from the validation data set by their ``"index"``, which must be the position in that data
     set. Under DDP the processes' items are gathered and de-duplicated by index, so the pictures match those of

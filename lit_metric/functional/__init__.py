@@ -16,11 +16,11 @@ from lit_metric.functional.mining import (
     select_pairs,
     uniform_weights,
 )
+from lit_metric.functional.knn import cosine_knn
 from lit_metric.functional.pairs import Pairs
 from lit_metric.functional.retrieval import (
     RETRIEVAL_METRICS,
     cosine_average_precision,
-    cosine_knn,
     hit_rate_at_k,
     map_at_r,
     precision_at_k,

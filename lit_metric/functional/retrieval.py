@@ -1,19 +1,10 @@
-"""Exact retrieval scoring on cosine similarity: chunked k-nearest-neighbour search and the ranking metrics.
+"""Retrieval scoring on cosine similarity: the ranking metrics over the neighbour lists of :mod:`.knn`.
 
-Ranking rule, shared by every function here: gallery items are ranked by descending cosine similarity, and
-items with exactly equal similarity by ascending gallery position. Rankings are therefore deterministic, and
-a caller that orders items by dataset index gets ties broken by dataset index.
-
-Exclusion rule: a gallery item is never ranked for a query that shares its *exclusion key*. The default key is
-the item itself (leave-one-out, by position, so an exact duplicate of the query still counts); with cameras
-it is the (label, camera) pair, which removes same-identity same-camera items as in Market-1501 and torchreid.
-
-Each chunk of queries is scored against the whole gallery with one matrix product, in blocks of at most
-``chunk_size**2`` similarities (256 MB in float32 at the default), and one ``topk`` per query picks its neighbours
-from the full row: nothing is merged, and memory stays bounded by one block plus the ``(N_q, k)`` neighbour lists.
-Leave-one-out computes the full similarity matrix although it is symmetric: reusing a block's transpose would halve
-the matrix products but needs a second selection over rows only one chunk wide, where ``topk`` is several times
-slower per value than over a full row (at ``N = 60,000``, ``D = 128``, a chunk costs 2.2x as much that way).
+Rankings follow :func:`~lit_metric.functional.knn.cosine_knn`: descending cosine similarity, ties by ascending
+gallery position, so a caller that orders items by dataset index gets ties broken by dataset index. A gallery item
+is never ranked for a query that shares its *exclusion key* (:func:`exclusion_keys`): the item itself in
+leave-one-out, and with cameras the (label, camera) pair, which removes same-identity same-camera items as in
+Market-1501 and torchreid.
 """
 
 from __future__ import annotations
@@ -21,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from lit_metric.functional.knn import cosine_knn, equal_key_pairs, normalize
 
 __all__ = [
     "RETRIEVAL_METRICS",
     "check_options",
     "cosine_average_precision",
-    "cosine_knn",
     "exclusion_keys",
     "first_occurrences",
     "hit_rate_at_k",
@@ -40,64 +31,6 @@ __all__ = [
 ]
 
 RETRIEVAL_METRICS = ("recall", "precision", "map_at_r", "r_precision", "map", "cmc")
-
-
-def cosine_knn(
-    queries: Tensor,
-    k: int,
-    gallery: Tensor | None = None,
-    query_keys: Tensor | None = None,
-    gallery_keys: Tensor | None = None,
-    chunk_size: int = 8192,
-) -> tuple[Tensor, Tensor]:
-    """Exact top-``k`` gallery items of every query by cosine similarity, in the module's ranking order.
-
-    Args:
-        queries: ``(N_q, D)`` floating embeddings.
-        k: number of neighbours, ``1 <= k <= N_g``.
-        gallery: ``(N_g, D)`` floating embeddings; ``None`` searches ``queries`` against themselves (leave-one-out).
-        query_keys: ``(N_q,)`` exclusion keys; pairs with equal keys are never ranked. Leave-one-out defaults
-            to the item position, so an item never retrieves itself.
-        gallery_keys: ``(N_g,)`` exclusion keys of the gallery; must be ``None`` in leave-one-out.
-        chunk_size: each block of similarities holds at most ``max(chunk_size**2, N_g)`` values.
-
-    Returns:
-        ``(scores, indices)``, both ``(N_q, k)``: similarities in ranking order (float32 at least) and gallery
-        positions. Slots left empty by exclusions hold score ``-inf`` and index ``-1``.
-    """
-    q = _normalize(queries)
-    g = q if gallery is None else _normalize(gallery)
-    if not 1 <= k <= len(g):
-        raise ValueError(f"`k` must be between 1 and the gallery size {len(g)}, got {k}")
-    if gallery is None:
-        if gallery_keys is not None:
-            raise ValueError("`gallery_keys` must be None when `gallery` is None (leave-one-out)")
-        query_keys = torch.arange(len(q), device=q.device) if query_keys is None else query_keys
-        gallery_keys = query_keys
-    elif (query_keys is None) != (gallery_keys is None):
-        raise ValueError("`query_keys` and `gallery_keys` must be given together, got only one of them")
-    rows_per_chunk = max(1, chunk_size * chunk_size // len(g))
-    if query_keys is not None:
-        excluded = _equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
-    # One buffer for every block: a fresh allocation this large would be paged in again for each chunk.
-    buffer = torch.empty(min(rows_per_chunk, len(q)), len(g), dtype=q.dtype, device=q.device)
-    top_scores, top_indices = [], []
-    for chunk, i in enumerate(range(0, len(q), rows_per_chunk)):
-        rows = q[i : i + rows_per_chunk]
-        block = torch.mm(rows, g.T, out=buffer[: len(rows)])
-        if query_keys is not None:
-            block[excluded[chunk]] = float("-inf")
-        scores, indices = _top_k(block, k)
-        top_scores.append(scores)
-        top_indices.append(indices)
-    scores, indices = torch.cat(top_scores), torch.cat(top_indices)
-    # topk orders equal scores arbitrarily: sort by position, then stably by score.
-    by_position = indices.argsort(dim=1)
-    scores, indices = scores.gather(1, by_position), indices.gather(1, by_position)
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    scores, indices = scores.gather(1, order), indices.gather(1, order)
-    indices[scores == float("-inf")] = -1
-    return scores, indices
 
 
 def cosine_average_precision(
@@ -127,11 +60,11 @@ def cosine_average_precision(
     Returns:
         ``(N_q,)`` float64 average precision; NaN for a query without a relevant gallery item.
     """
-    q, g = _normalize(queries), _normalize(gallery)
+    q, g = normalize(queries), normalize(gallery)
     rows_per_chunk = max(1, chunk_size * chunk_size // (16 * len(g)))
     ranks = torch.arange(1, len(g) + 1, device=q.device, dtype=torch.float64)
     if query_keys is not None:
-        excluded = _equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
+        excluded = equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
     out = [torch.empty(0, dtype=torch.float64, device=q.device)]
     for chunk, i in enumerate(range(0, len(q), rows_per_chunk)):
         rows = slice(i, i + rows_per_chunk)
@@ -226,7 +159,7 @@ def retrieval_metrics(
         cameras: ``(N,)`` integer camera ids.
         metrics: names from :data:`RETRIEVAL_METRICS`.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``.
-        chunk_size: blocks of similarities hold at most ``chunk_size**2`` values (and at least one row).
+        chunk_size: tiles of similarities hold at most ``chunk_size**2`` values.
 
     Returns:
         Scalar float32 tensors: ``recall@K``, ``precision@K``, ``cmc@K`` for each ``K``, ``map@r``,
@@ -289,46 +222,6 @@ def retrieval_metrics(
     out["num_skipped_queries"] = (~scored & ~singleton).sum().float()
     out["num_singleton_queries"] = singleton.sum().float()
     return out
-
-
-def _normalize(x: Tensor) -> Tensor:
-    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=1)
-
-
-def _equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: int) -> list[tuple[Tensor, Tensor]]:
-    """For each chunk of ``rows_per_chunk`` queries, ``(rows in the chunk, gallery positions)`` of its pairs with
-    equal keys.
-
-    Found by binary search in the sorted gallery keys, so the cost is ``O((N_q + N_g) log N_g)`` plus the number
-    of pairs, against ``O(N_q N_g)`` for comparing every pair; the blocks are then masked by index.
-    """
-    sorted_keys, order = gallery_keys.sort()
-    start = torch.searchsorted(sorted_keys, query_keys)
-    count = torch.searchsorted(sorted_keys, query_keys, right=True) - start
-    rows = torch.repeat_interleave(count)
-    rank_in_run = torch.arange(len(rows), device=rows.device) - (count.cumsum(0) - count)[rows]
-    columns = order[start[rows] + rank_in_run]
-    sizes = torch.bincount(rows // rows_per_chunk, minlength=-(-len(query_keys) // rows_per_chunk)).tolist()
-    return list(zip((rows % rows_per_chunk).split(sizes), columns.split(sizes)))
-
-
-def _top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top ``k`` values of each row and their columns, in any order; among values tied across the cut, those at
-    the lowest columns are kept."""
-    values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
-    if values.shape[1] <= k:
-        return values, columns
-    kth, next_value = values[:, k - 1], values[:, k]
-    values, columns = values[:, :k], columns[:, :k]
-    # topk chooses arbitrarily among values tied across the cut, so those (rare) rows are redone in column order.
-    rows = ((kth == next_value) & (kth > float("-inf"))).nonzero().squeeze(1)
-    if len(rows):
-        row_scores, cut = scores[rows], kth[rows, None]
-        above, at = row_scores > cut, row_scores == cut
-        keep = above | (at & (at.cumsum(dim=1, dtype=torch.int32) <= k - above.sum(dim=1, keepdim=True)))
-        columns[rows] = keep.nonzero()[:, 1].view(-1, k)
-        values[rows] = row_scores.gather(1, columns[rows])
-    return values, columns
 
 
 def _first_r(match: Tensor, num_relevant: Tensor) -> Tensor:

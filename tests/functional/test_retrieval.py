@@ -11,8 +11,8 @@ from torchmetrics.functional.retrieval import (
     retrieval_r_precision,
 )
 
+from lit_metric.functional.knn import cosine_knn
 from lit_metric.functional.retrieval import (
-    cosine_knn,
     hit_rate_at_k,
     map_at_r,
     precision_at_k,
@@ -78,49 +78,6 @@ def random_set(n=60, d=6, classes=9, seed=0):
     labels = torch.randint(classes, (n,), generator=g)
     x = torch.randn(classes, d, generator=g)[labels] + torch.randn(n, d, generator=g, dtype=torch.float64)
     return x, labels, g
-
-
-@pytest.mark.parametrize("chunk_size", [7, 64])
-def test_cosine_knn_equals_brute_force_leave_one_out_and_query_gallery(chunk_size):
-    x, labels, g = random_set()
-    _, neighbours = cosine_knn(x, 10, chunk_size=chunk_size)
-    expected = torch.tensor([ranking[:10] for _, ranking, _, _ in reference_rankings(x, labels)])
-    assert torch.equal(neighbours, expected)
-
-    queries, gallery = x[:25], x[25:]
-    _, neighbours = cosine_knn(queries, 5, gallery, chunk_size=chunk_size)
-    brute = (F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T).argsort(dim=1, descending=True)
-    assert torch.equal(neighbours, brute[:, :5])
-
-
-@pytest.mark.parametrize("chunk_size", [2, 3, 100])
-def test_ties_go_to_the_lowest_position_and_exact_duplicates_are_kept(chunk_size):
-    # Exact duplicates make exact ties; small chunks put tied items in different blocks and across the cut.
-    base = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 0]])
-    which = torch.tensor([0, 1, 0, 2, 0, 1, 2, 0, 0, 1])
-    x, labels = base[which], which
-    # Item 0 (e1): its duplicates 2, 4, 7, 8 tie at 1, then [1, 1, 0] items 3 and 6 tie; lowest positions win.
-    assert cosine_knn(x, 3, chunk_size=chunk_size)[1][0].tolist() == [2, 4, 7]
-    scores, neighbours = cosine_knn(x, 5, chunk_size=chunk_size)
-    assert neighbours[0].tolist() == [2, 4, 7, 8, 3]
-    assert scores[0, :4].tolist() == [1.0, 1.0, 1.0, 1.0]
-    expected = torch.tensor([ranking[:5] for _, ranking, _, _ in reference_rankings(x, labels)])
-    assert torch.equal(neighbours, expected)
-
-
-@pytest.mark.parametrize("chunk_size", [2, 64])
-def test_collapsed_embeddings_rank_by_position(chunk_size):
-    # Every similarity ties, as with a collapsed network: each query gets the lowest other positions.
-    _, neighbours = cosine_knn(torch.ones(9, 4), 4, chunk_size=chunk_size)
-    assert neighbours.tolist() == [[p for p in range(9) if p != q][:4] for q in range(9)]
-
-
-def test_exclusion_keys_leave_empty_slots():
-    x = torch.eye(3)
-    scores, neighbours = cosine_knn(x, 2, query_keys=torch.tensor([0, 0, 1]))
-    # Items 0 and 1 share a key, so each has only item 2 left; item 2 sees both.
-    assert neighbours.tolist() == [[2, -1], [2, -1], [0, 1]]
-    assert scores[0, 1] == float("-inf")
 
 
 def test_hand_worked_metrics():
@@ -249,10 +206,6 @@ def test_bad_input_is_rejected_with_a_clear_message():
         retrieval_metrics(x, labels, is_query=torch.tensor([True, True, False, False]), k=(3,))
     with pytest.raises(ValueError, match="`is_query` must select at least one item"):
         retrieval_metrics(x, labels, is_query=torch.zeros(4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="`k` must be between 1 and the gallery size 4"):
-        cosine_knn(x, 5)
-    with pytest.raises(ValueError, match="`gallery_keys` must be None"):
-        cosine_knn(x, 1, gallery_keys=torch.arange(4))
 
 
 @pytest.mark.parametrize(
@@ -270,8 +223,3 @@ def test_the_functional_checks_its_options_like_the_metric(kwargs, match):
     arguments = {"embeddings": torch.randn(4, 3), "labels": torch.tensor([0, 0, 1, 1]), "k": (1,), **kwargs}
     with pytest.raises(ValueError, match=match):
         retrieval_metrics(**arguments)
-
-
-def test_query_and_gallery_keys_come_together():
-    with pytest.raises(ValueError, match="`query_keys` and `gallery_keys` must be given together"):
-        cosine_knn(torch.randn(2, 3), 1, torch.randn(4, 3), query_keys=torch.arange(2))

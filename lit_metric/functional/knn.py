@@ -1,0 +1,218 @@
+"""Exact k-nearest-neighbour search by cosine similarity, tile by tile, with a running threshold per query.
+
+Ranking rule: gallery items are ranked by descending cosine similarity (in float32), and items with exactly equal
+similarity by ascending gallery position, so rankings are deterministic. Exclusion rule: a pair of items with equal
+*exclusion keys* is never ranked; in leave-one-out the default key is the item's position, so an item never retrieves
+itself but an exact duplicate of it still counts.
+
+The similarity matrix is computed in square tiles of ``chunk_size`` rows and columns, one matrix product each, so
+memory stays at one tile plus the ``(N_q, k)`` neighbour lists. In leave-one-out the matrix is symmetric and only
+the tiles on and above the diagonal are computed: each serves its rows as queries and, transposed, its columns.
+
+Neighbours are picked from a tile without sorting it. Every query keeps a *threshold*, a lower bound of the
+similarity of its final ``k``-th neighbour: the ``k``-th best similarity found so far. The columns of a tile are cut
+into groups and one pass takes each group's maximum; only the groups whose maximum reaches the query's threshold are
+read again. As thresholds rise, that pass dismisses nearly all of a tile. A query's first tile sets its threshold to
+the ``k``-th largest group maximum, which ``k`` items reach.
+
+Neighbours are held as int64 keys that order as (similarity, -position), so a single ``topk`` over the keys merges
+new candidates with the ones kept, ties included, exactly. Scores are the float32 matrix products; a product of
+another shape may round the last bit differently, so other tilings agree on scores to about 1e-7.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["cosine_knn"]
+
+_MAX_GROUP = 8
+_CANDIDATES_PER_SLICE = 1 << 24
+
+
+def cosine_knn(
+    queries: Tensor,
+    k: int,
+    gallery: Tensor | None = None,
+    query_keys: Tensor | None = None,
+    gallery_keys: Tensor | None = None,
+    chunk_size: int = 8192,
+) -> tuple[Tensor, Tensor]:
+    """Exact top-``k`` gallery items of every query by cosine similarity, in ranking order.
+
+    Args:
+        queries: ``(N_q, D)`` floating embeddings.
+        k: number of neighbours, ``1 <= k <= N_g``.
+        gallery: ``(N_g, D)`` floating embeddings; ``None`` searches ``queries`` against themselves (leave-one-out),
+            computing only half of the similarity matrix.
+        query_keys: ``(N_q,)`` exclusion keys; pairs with equal keys are never ranked. Leave-one-out defaults
+            to the item position, so an item never retrieves itself.
+        gallery_keys: ``(N_g,)`` exclusion keys of the gallery; must be ``None`` in leave-one-out.
+        chunk_size: side of the square tiles of similarities, ``>= 1``.
+
+    Returns:
+        ``(scores, indices)``, both ``(N_q, k)``: float32 similarities in ranking order and gallery positions.
+        Slots left empty by exclusions hold score ``-inf`` and index ``-1``.
+    """
+    symmetric = gallery is None
+    q = normalize(queries)
+    g = q if symmetric else normalize(gallery)
+    num_queries, gallery_size = len(q), len(g)
+    if not 1 <= k <= gallery_size:
+        raise ValueError(f"`k` must be between 1 and the gallery size {gallery_size}, got {k}")
+    if symmetric:
+        if gallery_keys is not None:
+            raise ValueError("`gallery_keys` must be None when `gallery` is None (leave-one-out)")
+        query_keys = torch.arange(num_queries, device=q.device) if query_keys is None else query_keys
+        gallery_keys = query_keys
+    elif (query_keys is None) != (gallery_keys is None):
+        raise ValueError("`query_keys` and `gallery_keys` must be given together, got only one of them")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}")
+
+    group = _group_size(chunk_size, k)
+    # Zero rows pad the gallery to whole groups; their similarities are masked to -inf in every tile.
+    g = F.pad(g, (0, 0, 0, -gallery_size % group))
+    if symmetric:
+        q = g
+    excluded = None if query_keys is None else equal_key_pairs(query_keys, gallery_keys, chunk_size)
+    neighbours = _Neighbours(len(q), k, group, q.device)
+    # One buffer for every tile: a fresh allocation this large would be paged in again for each.
+    buffer = torch.empty(min(chunk_size, len(q)) * min(chunk_size, len(g)), device=q.device)
+    row_starts = list(range(0, len(q), chunk_size))
+    # Backwards, so that in leave-one-out each query meets its own row of tiles before it meets them as columns.
+    for chunk in reversed(range(len(row_starts))) if symmetric else range(len(row_starts)):
+        row_start = row_starts[chunk]
+        rows = q[row_start : row_start + chunk_size]
+        for column_start in range(row_start if symmetric else 0, len(g), chunk_size):
+            columns = g[column_start : column_start + chunk_size]
+            tile = torch.mm(rows, columns.T, out=buffer[: len(rows) * len(columns)].view(len(rows), len(columns)))
+            tile[:, max(gallery_size - column_start, 0) :] = float("-inf")
+            if symmetric:
+                tile[max(num_queries - row_start, 0) :] = float("-inf")
+            if excluded is not None:
+                chunk_rows, chunk_columns = excluded[chunk]
+                inside = (chunk_columns >= column_start) & (chunk_columns < column_start + len(columns))
+                tile[chunk_rows[inside], chunk_columns[inside] - column_start] = float("-inf")
+            neighbours.offer(tile, row_start, column_start)
+            if symmetric and column_start != row_start:
+                neighbours.offer(tile.T, column_start, row_start)
+    scores, indices = neighbours.ranked()
+    return scores[:num_queries], indices[:num_queries]
+
+
+def normalize(x: Tensor) -> Tensor:
+    """``(N, D)`` rows scaled to unit length, in float32."""
+    return F.normalize(x.float(), dim=1)
+
+
+def equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: int) -> list[tuple[Tensor, Tensor]]:
+    """For each chunk of ``rows_per_chunk`` queries, ``(rows in the chunk, gallery positions)`` of its pairs with
+    equal keys.
+
+    Found by binary search in the sorted gallery keys, so the cost is ``O((N_q + N_g) log N_g)`` plus the number
+    of pairs, against ``O(N_q N_g)`` for comparing every pair; the tiles are then masked by index.
+    """
+    sorted_keys, order = gallery_keys.sort()
+    start = torch.searchsorted(sorted_keys, query_keys)
+    count = torch.searchsorted(sorted_keys, query_keys, right=True) - start
+    rows = torch.repeat_interleave(count)
+    rank_in_run = torch.arange(len(rows), device=rows.device) - (count.cumsum(0) - count)[rows]
+    columns = order[start[rows] + rank_in_run]
+    sizes = torch.bincount(rows // rows_per_chunk, minlength=-(-len(query_keys) // rows_per_chunk)).tolist()
+    return list(zip((rows % rows_per_chunk).split(sizes), columns.split(sizes)))
+
+
+class _Neighbours:
+    """The best ``k`` neighbours found so far of every query, as keys, and every query's threshold."""
+
+    def __init__(self, num_queries: int, k: int, group: int, device: torch.device) -> None:
+        self.k, self.group = k, group
+        self.empty = int(_keys(torch.tensor([float("-inf")]), torch.tensor([_LAST_POSITION]))[0])
+        self.keys = torch.full((num_queries, k), self.empty, dtype=torch.int64, device=device)
+        self.threshold = torch.full((num_queries,), float("-inf"), device=device)
+
+    def offer(self, tile: Tensor, query_start: int, gallery_start: int) -> None:
+        """Take the candidates of a ``(B_q, B_g)`` tile: rows are queries from ``query_start`` on, columns gallery
+        items from ``gallery_start`` on. ``B_g`` is a multiple of the group size."""
+        num_queries, width = tile.shape
+        num_groups = width // self.group
+        maxima = _group_maxima(tile, self.group)
+        if num_groups >= self.k:
+            threshold = self.threshold[query_start : query_start + num_queries]
+            fresh = (threshold == float("-inf")).nonzero().squeeze(1)
+            if len(fresh):
+                threshold[fresh] = maxima[fresh].topk(self.k, dim=1).values[:, -1]
+        # Slices of rows bound the candidate arrays when most of a tile passes, e.g. for collapsed embeddings.
+        rows_per_slice = max(1, _CANDIDATES_PER_SLICE // width)
+        member = num_groups * torch.arange(self.group, device=tile.device)
+        for start in range(0, num_queries, rows_per_slice):
+            rows = slice(start, min(start + rows_per_slice, num_queries))
+            threshold = self.threshold[query_start + rows.start : query_start + rows.stop]
+            query, group = (maxima[rows] >= threshold[:, None]).nonzero().unbind(1)
+            columns = group[:, None] + member
+            scores = tile[rows][query[:, None], columns]
+            kept, position = ((scores >= threshold[query, None]) & (scores > float("-inf"))).nonzero().unbind(1)
+            keys = _keys(scores[kept, position], columns[kept, position] + gallery_start)
+            self._merge(query_start + start, len(threshold), query[kept], keys)
+
+    def _merge(self, query_start: int, num_queries: int, query: Tensor, keys: Tensor) -> None:
+        """Keep the best ``k`` of the kept keys and the new ``keys`` of local queries ``query`` (ascending)."""
+        if len(query) == 0:
+            return
+        counts = torch.bincount(query, minlength=num_queries)
+        touched = counts.nonzero().squeeze(1)
+        compact = torch.zeros_like(counts)
+        compact[touched] = torch.arange(len(touched), device=counts.device)
+        slot = torch.arange(len(query), device=query.device) - (counts.cumsum(0) - counts)[query]
+        pending = torch.full((len(touched), int(counts.max())), self.empty, dtype=torch.int64, device=keys.device)
+        pending[compact[query], slot] = keys
+        rows = touched + query_start
+        best = torch.cat([self.keys[rows], pending], dim=1).topk(self.k, dim=1).values
+        self.keys[rows] = best
+        self.threshold[rows] = torch.maximum(self.threshold[rows], _scores(best[:, -1]))
+
+    def ranked(self) -> tuple[Tensor, Tensor]:
+        """``(scores, positions)`` of every query's neighbours in ranking order; empty slots are ``-inf``, ``-1``."""
+        # topk returns its keys sorted, best first, which is the ranking order.
+        scores, positions = _scores(self.keys), _LAST_POSITION - (self.keys & _LAST_POSITION)
+        positions[scores == float("-inf")] = -1
+        return scores, positions
+
+
+_LAST_POSITION = 2**32 - 1
+
+
+def _group_maxima(tile: Tensor, group: int) -> Tensor:
+    """``(B_q, B_g / group)`` maxima of the column groups of a tile; group ``j`` holds columns ``j``,
+    ``j + B_g / group``, ... so that the maximum is a reduction over a middle dimension, which vectorises."""
+    num_groups = tile.shape[1] // group
+    if tile.stride(1) == 1:
+        return tile.unflatten(1, (group, num_groups)).amax(dim=1)
+    # A transposed tile: reduce in its stored layout, where the same groups are rows, then transpose the result.
+    return tile.T.unflatten(0, (group, num_groups)).amax(dim=0).T
+
+
+def _keys(scores: Tensor, positions: Tensor) -> Tensor:
+    """int64 keys that order as ``(score, -position)``: float32 bits made monotonic in the high half, the position
+    reversed in the low half."""
+    bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0, which compares equal to it
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()
+    return (ordered << 32) + (_LAST_POSITION - positions)
+
+
+def _scores(keys: Tensor) -> Tensor:
+    """The float32 scores of :func:`_keys`."""
+    ordered = (keys >> 32).int()
+    return torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF).view(torch.float32)
+
+
+def _group_size(chunk_size: int, k: int) -> int:
+    """Columns per group: the largest power of two up to 16 that divides the tile side and leaves at least ``2 k``
+    groups, so that a query's first tile can set its threshold."""
+    size = _MAX_GROUP
+    while size > 1 and (chunk_size % size or chunk_size // size < 2 * k):
+        size //= 2
+    return size

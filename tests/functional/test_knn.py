@@ -1,0 +1,129 @@
+"""Specification of the exact cosine k-nearest-neighbour search: ranking, ties, exclusions, tiling and symmetry."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lit_metric.functional.knn as knn
+from lit_metric.functional.knn import cosine_knn
+
+
+def brute_force(queries, k, gallery=None, query_keys=None, gallery_keys=None):
+    """Neighbour positions by plain loops: valid gallery items sorted by (-similarity in float64, position)."""
+    q = F.normalize(queries.double(), dim=1)
+    g = q if gallery is None else F.normalize(gallery.double(), dim=1)
+    if gallery is None:
+        query_keys = gallery_keys = torch.arange(len(q)) if query_keys is None else query_keys
+    rows = []
+    for i in range(len(q)):
+        valid = [j for j in range(len(g)) if query_keys is None or query_keys[i] != gallery_keys[j]]
+        ranking = sorted(valid, key=lambda j: (-float(q[i] @ g[j]), j))[:k]
+        rows.append(ranking + [-1] * (k - len(ranking)))
+    return torch.tensor(rows)
+
+
+def random_points(n, d=8, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("chunk_size", [7, 16, 48, 8192])
+def test_leave_one_out_and_query_gallery_equal_brute_force(chunk_size):
+    x = random_points(100)
+    assert torch.equal(cosine_knn(x, 10, chunk_size=chunk_size)[1], brute_force(x, 10))
+    queries, gallery = x[:37], x[37:]
+    assert torch.equal(cosine_knn(queries, 5, gallery, chunk_size=chunk_size)[1], brute_force(queries, 5, gallery))
+
+
+def test_scores_are_the_float32_cosine_similarities_in_ranking_order():
+    x = random_points(50, seed=1).double()
+    scores, neighbours = cosine_knn(x, 6, chunk_size=16)
+    unit = F.normalize(x.float(), dim=1)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, (unit[:, None, :] * unit[neighbours]).sum(-1))
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_the_ranking_does_not_depend_on_the_tiling():
+    # Matrix products of other shapes may round the last bit differently, so scores are compared to 1e-6.
+    x = random_points(203, seed=2)
+    expected_scores, expected = cosine_knn(x, 20, chunk_size=8192)
+    for chunk_size in (5, 16, 24, 64, 200):
+        scores, neighbours = cosine_knn(x, 20, chunk_size=chunk_size)
+        assert torch.equal(neighbours, expected)
+        torch.testing.assert_close(scores, expected_scores, rtol=0, atol=1e-6)
+
+
+def test_leave_one_out_computes_only_the_tiles_on_and_above_the_diagonal(monkeypatch):
+    # 100 items in tiles of 16: 7 tiles a side, so 28 products instead of 49; a query/gallery search makes all 49.
+    products = []
+    monkeypatch.setattr(knn.torch, "mm", lambda *args, **kwargs: products.append(1) or torch.matmul(*args, **kwargs))
+    x = random_points(100)
+    symmetric = cosine_knn(x, 5, chunk_size=16)
+    assert len(products) == 7 * 8 // 2
+    products.clear()
+    full = cosine_knn(x, 5, x, torch.arange(100), torch.arange(100), chunk_size=16)
+    assert len(products) == 7 * 7
+    assert torch.equal(symmetric[1], full[1])
+    torch.testing.assert_close(symmetric[0], full[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3, 100])
+def test_ties_go_to_the_lowest_position_and_exact_duplicates_are_kept(chunk_size):
+    # Exact duplicates make exact ties; small tiles put tied items in different tiles and across the cut.
+    base = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 0]])
+    x = base[torch.tensor([0, 1, 0, 2, 0, 1, 2, 0, 0, 1])]
+    # Item 0 (e1): its duplicates 2, 4, 7, 8 tie at 1, then [1, 1, 0] items 3 and 6 tie; lowest positions win.
+    assert cosine_knn(x, 3, chunk_size=chunk_size)[1][0].tolist() == [2, 4, 7]
+    scores, neighbours = cosine_knn(x, 5, chunk_size=chunk_size)
+    assert neighbours[0].tolist() == [2, 4, 7, 8, 3]
+    assert scores[0, :4].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert torch.equal(neighbours, brute_force(x, 5))
+
+
+@pytest.mark.parametrize("chunk_size", [2, 64])
+def test_collapsed_embeddings_rank_by_position(chunk_size):
+    # Every similarity ties, as with a collapsed network: each query gets the lowest other positions.
+    _, neighbours = cosine_knn(torch.ones(9, 4), 4, chunk_size=chunk_size)
+    assert neighbours.tolist() == [[p for p in range(9) if p != q][:4] for q in range(9)]
+
+
+def test_collapsed_embeddings_in_bounded_slices(monkeypatch):
+    # When every group of a tile passes, candidates are taken a few rows at a time; the ranking is unchanged.
+    monkeypatch.setattr(knn, "_CANDIDATES_PER_SLICE", 64)
+    x = torch.ones(300, 4)
+    x[::7] = -1.0
+    assert torch.equal(cosine_knn(x, 12, chunk_size=32)[1], brute_force(x, 12))
+
+
+def test_exclusion_keys_leave_empty_slots():
+    x = torch.eye(3)
+    scores, neighbours = cosine_knn(x, 2, query_keys=torch.tensor([0, 0, 1]))
+    # Items 0 and 1 share a key, so each has only item 2 left; item 2 sees both.
+    assert neighbours.tolist() == [[2, -1], [2, -1], [0, 1]]
+    assert scores[0, 1] == float("-inf")
+
+
+def test_exclusion_keys_across_tiles_in_both_modes():
+    x = random_points(90, seed=3)
+    keys = torch.arange(90) % 11  # items 11 apart share a key, in different tiles
+    assert torch.equal(cosine_knn(x, 9, query_keys=keys, chunk_size=16)[1], brute_force(x, 9, query_keys=keys))
+    queries, gallery = x[:30], x[30:]
+    found = cosine_knn(queries, 9, gallery, keys[:30], keys[30:], chunk_size=16)[1]
+    assert torch.equal(found, brute_force(queries, 9, gallery, keys[:30], keys[30:]))
+
+
+def test_k_equal_to_the_gallery_size_ranks_everything():
+    x = random_points(40, seed=4)
+    assert torch.equal(cosine_knn(x, 39, chunk_size=16)[1], brute_force(x, 39))
+
+
+def test_bad_arguments_are_value_errors():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="`k` must be between 1 and the gallery size 4"):
+        cosine_knn(x, 5)
+    with pytest.raises(ValueError, match="`gallery_keys` must be None"):
+        cosine_knn(x, 1, gallery_keys=torch.arange(4))
+    with pytest.raises(ValueError, match="`query_keys` and `gallery_keys` must be given together"):
+        cosine_knn(torch.randn(2, 3), 1, torch.randn(4, 3), query_keys=torch.arange(2))
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive integer, got 0"):
+        cosine_knn(x, 1, chunk_size=0)
