@@ -78,9 +78,9 @@ def cosine_knn(
     if symmetric:
         q = g
     excluded = None if query_keys is None else equal_key_pairs(query_keys, gallery_keys, chunk_size)
-    neighbours = _Neighbours(len(q), k, group, q.device)
     # One buffer for every tile: a fresh allocation this large would be paged in again for each.
     buffer = torch.empty(min(chunk_size, len(q)) * min(chunk_size, len(g)), device=q.device)
+    neighbours = _Neighbours(len(q), k, group, len(buffer), q.device)
     row_starts = list(range(0, len(q), chunk_size))
     # Backwards, so that in leave-one-out each query meets its own row of tiles before it meets them as columns.
     for chunk in reversed(range(len(row_starts))) if symmetric else range(len(row_starts)):
@@ -128,8 +128,9 @@ def equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: in
 class _Neighbours:
     """The best ``k`` neighbours found so far of every query, as keys, and every query's threshold."""
 
-    def __init__(self, num_queries: int, k: int, group: int, device: torch.device) -> None:
+    def __init__(self, num_queries: int, k: int, group: int, tile_size: int, device: torch.device) -> None:
         self.k, self.group = k, group
+        self.maxima = torch.empty(tile_size // group, device=device)
         self.empty = int(_keys(torch.tensor([float("-inf")]), torch.tensor([_LAST_POSITION]))[0])
         self.keys = torch.full((num_queries, k), self.empty, dtype=torch.int64, device=device)
         self.threshold = torch.full((num_queries,), float("-inf"), device=device)
@@ -139,21 +140,25 @@ class _Neighbours:
         items from ``gallery_start`` on. ``B_g`` is a multiple of the group size."""
         num_queries, width = tile.shape
         num_groups = width // self.group
-        maxima = _group_maxima(tile, self.group)
+        maxima = _group_maxima(tile, self.group, self.maxima)
         if num_groups >= self.k:
             threshold = self.threshold[query_start : query_start + num_queries]
             fresh = (threshold == float("-inf")).nonzero().squeeze(1)
             if len(fresh):
-                threshold[fresh] = maxima[fresh].topk(self.k, dim=1).values[:, -1]
+                # k groups reach their k-th largest maximum, so k items do.
+                threshold[fresh] = maxima[fresh].topk(self.k, dim=1, sorted=False).values.amin(dim=1)
         # Slices of rows bound the candidate arrays when most of a tile passes, e.g. for collapsed embeddings.
         rows_per_slice = max(1, _CANDIDATES_PER_SLICE // width)
         member = num_groups * torch.arange(self.group, device=tile.device)
+        # Gathering from the flat tile in its stored layout is faster than two-dimensional indexing.
+        stored = (tile if tile.stride(1) == 1 else tile.T).reshape(-1)
         for start in range(0, num_queries, rows_per_slice):
             rows = slice(start, min(start + rows_per_slice, num_queries))
             threshold = self.threshold[query_start + rows.start : query_start + rows.stop]
-            query, group = (maxima[rows] >= threshold[:, None]).nonzero().unbind(1)
+            # nonzero is several times faster on a contiguous mask; a transposed tile's is transposed.
+            query, group = (maxima[rows] >= threshold[:, None]).contiguous().nonzero().unbind(1)
             columns = group[:, None] + member
-            scores = tile[rows][query[:, None], columns]
+            scores = stored.take((query[:, None] + start) * tile.stride(0) + columns * tile.stride(1))
             kept, position = ((scores >= threshold[query, None]) & (scores > float("-inf"))).nonzero().unbind(1)
             keys = _keys(scores[kept, position], columns[kept, position] + gallery_start)
             self._merge(query_start + start, len(threshold), query[kept], keys)
@@ -185,14 +190,18 @@ class _Neighbours:
 _LAST_POSITION = 2**32 - 1
 
 
-def _group_maxima(tile: Tensor, group: int) -> Tensor:
-    """``(B_q, B_g / group)`` maxima of the column groups of a tile; group ``j`` holds columns ``j``,
-    ``j + B_g / group``, ... so that the maximum is a reduction over a middle dimension, which vectorises."""
-    num_groups = tile.shape[1] // group
+def _group_maxima(tile: Tensor, group: int, out: Tensor) -> Tensor:
+    """``(B_q, B_g / group)`` maxima of the column groups of a tile, written into the flat buffer ``out``; group ``j``
+    holds columns ``j``, ``j + B_g / group``, ... so that the maximum is a reduction over a middle dimension, which
+    vectorises. (A fresh output would be paged in again for every tile.)"""
+    num_queries, width = tile.shape
+    num_groups = width // group
+    out = out[: num_queries * num_groups]
     if tile.stride(1) == 1:
-        return tile.unflatten(1, (group, num_groups)).amax(dim=1)
+        return torch.amax(tile.unflatten(1, (group, num_groups)), dim=1, out=out.view(num_queries, num_groups))
     # A transposed tile: reduce in its stored layout, where the same groups are rows, then transpose the result.
-    return tile.T.unflatten(0, (group, num_groups)).amax(dim=0).T
+    stored = out.view(num_groups, num_queries)
+    return torch.amax(tile.T.unflatten(0, (group, num_groups)), dim=0, out=stored).T
 
 
 def _keys(scores: Tensor, positions: Tensor) -> Tensor:
