@@ -143,7 +143,11 @@ class PairMiner(L.Callback):
                 labels[rows], reference_labels, None if anchor_index is None else anchor_index[rows]
             )
             # Every pair is a candidate but an anchor with itself: counted without a pass over the masks.
-            num_candidates = block.new_tensor(block.numel() - (0 if anchor_index is None else block.shape[0]))
+            num_candidates = torch.tensor(
+                float(block.numel() - (0 if anchor_index is None else block.shape[0])),
+                dtype=torch.float32,
+                device=block.device,
+            )
             kept_positive, kept_negative = select_pairs(
                 block, candidate_positive, candidate_negative, self.strategy, self.margin, self.negatives_per_anchor
             )

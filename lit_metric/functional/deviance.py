@@ -17,8 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lit_metric.functional._blocks import row_blocks
+from lit_metric.functional._checks import check_finite, check_floating, check_matrix
 from lit_metric.functional.pairs import Pairs
 
 __all__ = ["binomial_deviance", "binomial_deviance_of_pairs", "cosine_similarity"]
@@ -37,11 +39,11 @@ def cosine_similarity(embeddings: Tensor, reference_embeddings: Tensor | None = 
     Returns:
         ``(B, R)`` similarity matrix in ``[-1, 1]``.
     """
-    _check_embeddings("embeddings", embeddings)
+    check_matrix("embeddings", embeddings)
     if reference_embeddings is None:
         reference_embeddings = embeddings
     else:
-        _check_embeddings("reference_embeddings", reference_embeddings)
+        check_matrix("reference_embeddings", reference_embeddings)
         if reference_embeddings.shape[1] != embeddings.shape[1]:
             raise ValueError(
                 f"`reference_embeddings` must have the embedding dimension of `embeddings` ({embeddings.shape[1]}), "
@@ -106,7 +108,7 @@ def binomial_deviance_of_pairs(
         _check_similarity(similarity, alpha)
         if not isinstance(pairs, Pairs):
             raise ValueError(f"`pairs` must be a lit_metric.functional.Pairs, got {type(pairs).__name__}")
-        pairs.check(similarity.shape)
+        pairs.check(similarity)
     return _BinomialDeviance.apply(similarity, None, None, pairs, float(alpha), float(beta))
 
 
@@ -157,6 +159,7 @@ class _BinomialDeviance(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output: Tensor):
         similarity, m, w = ctx.saved_tensors
         dtype = grad_output.dtype
@@ -186,51 +189,23 @@ def _margin(similarity: Tensor, m: Tensor, alpha: float, beta: float, dtype: tor
     return (similarity.to(dtype) - beta).mul_(m).mul_(-alpha)
 
 
-def _check_embeddings(name: str, x: Tensor) -> None:
-    _check_floating(name, x)
-    if x.ndim != 2:
-        raise ValueError(f"`{name}` must have shape (N, D), got shape {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
-    _check_finite(name, x)
-
-
 def _check_similarity(similarity: Tensor, alpha: float) -> None:
     if not alpha > 0:
         raise ValueError(f"`alpha` must be > 0, got {alpha}")
-    _check_floating("similarity", similarity)
-    if similarity.ndim != 2:
-        raise ValueError(f"`similarity` must have shape (B, R), got shape {tuple(similarity.shape)}")
-    if similarity.numel() == 0:
-        raise ValueError(f"`similarity` must not be empty, got shape {tuple(similarity.shape)}")
-    _check_finite("similarity", similarity)
+    check_matrix("similarity", similarity, "(B, R)")
 
 
 def _check_deviance_args(similarity: Tensor, m: Tensor, w: Tensor, alpha: float) -> None:
     _check_similarity(similarity, alpha)
     for name, x in (("m", m), ("w", w)):
-        _check_floating(name, x)
+        check_floating(name, x)
         if x.shape != similarity.shape:
             raise ValueError(
                 f"`{name}` must have the shape of `similarity` {tuple(similarity.shape)}, got {tuple(x.shape)}"
             )
-    _check_finite("m", m)
+    check_finite("m", m)
     low, high = torch.aminmax(w)
     if not bool(high < float("inf")) or bool(torch.isnan(low)):
         raise ValueError("`w` must be finite, found NaN or inf")
     if bool(low < 0):
         raise ValueError(f"`w` must be non-negative, found a weight of {low.item():.4g}")
-
-
-def _check_floating(name: str, x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
-
-
-def _check_finite(name: str, x: Tensor) -> None:
-    # aminmax propagates NaN and is one pass, cheaper than isfinite(x).all() on a (B, R) matrix.
-    low, high = torch.aminmax(x)
-    if not (bool(low > float("-inf")) and bool(high < float("inf"))):
-        raise ValueError(f"`{name}` must be finite, found NaN or inf")

@@ -6,7 +6,9 @@ similarity by ascending gallery position, so rankings are deterministic. Exclusi
 itself but an exact duplicate of it still counts.
 
 The similarity matrix is computed in square tiles of ``chunk_size`` rows and columns, one matrix product each, so
-memory stays at one tile plus the ``(N_q, k)`` neighbour lists. In leave-one-out the matrix is symmetric and only
+memory stays at one tile, its group maxima and the ``(N_q, k)`` neighbour lists, plus the candidates of a slice of a
+tile: few once thresholds have risen, at most ``2**24`` (a few hundred MB) when a whole tile ties, e.g. for
+collapsed embeddings. In leave-one-out the matrix is symmetric and only
 the tiles on and above the diagonal are computed: each serves its rows as queries and, transposed, its columns.
 
 Neighbours are picked from a tile without sorting it. Every query keeps a *threshold*, a lower bound of the
@@ -26,9 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_metric.functional._checks import check_matrix, check_positive_int
+
 __all__ = ["cosine_knn"]
 
+# Smaller groups gather fewer values per candidate; larger ones make fewer maxima. 8 was fastest at N = 60,000.
 _MAX_GROUP = 8
+# Bounds the candidate arrays of one slice of a tile (a few hundred MB when a whole tile passes).
 _CANDIDATES_PER_SLICE = 1 << 24
 
 
@@ -57,10 +63,20 @@ def cosine_knn(
         Slots left empty by exclusions hold score ``-inf`` and index ``-1``.
     """
     symmetric = gallery is None
+    check_matrix("queries", queries)
+    if not symmetric:
+        check_matrix("gallery", gallery)
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"`gallery` must have the embedding dimension of `queries` ({queries.shape[1]}), "
+                f"got shape {tuple(gallery.shape)}"
+            )
+    check_positive_int("k", k)
+    check_positive_int("chunk_size", chunk_size)
     q = normalize(queries)
     g = q if symmetric else normalize(gallery)
     num_queries, gallery_size = len(q), len(g)
-    if not 1 <= k <= gallery_size:
+    if k > gallery_size:
         raise ValueError(f"`k` must be between 1 and the gallery size {gallery_size}, got {k}")
     if symmetric:
         if gallery_keys is not None:
@@ -69,17 +85,20 @@ def cosine_knn(
         gallery_keys = query_keys
     elif (query_keys is None) != (gallery_keys is None):
         raise ValueError("`query_keys` and `gallery_keys` must be given together, got only one of them")
-    if chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}")
+    if query_keys is not None:
+        for name, keys, size in (("query_keys", query_keys, num_queries), ("gallery_keys", gallery_keys, gallery_size)):
+            if keys.shape != (size,):
+                raise ValueError(f"`{name}` must have shape ({size},), one key per item, got {tuple(keys.shape)}")
 
     group = _group_size(chunk_size, k)
-    # Zero rows pad the gallery to whole groups; their similarities are masked to -inf in every tile.
-    g = F.pad(g, (0, 0, 0, -gallery_size % group))
+    if gallery_size % group:
+        # Zero rows pad the gallery to whole groups; their similarities are masked to -inf in every tile.
+        g = F.pad(g, (0, 0, 0, -gallery_size % group))
     if symmetric:
         q = g
     excluded = None if query_keys is None else equal_key_pairs(query_keys, gallery_keys, chunk_size)
     # One buffer for every tile: a fresh allocation this large would be paged in again for each.
-    buffer = torch.empty(min(chunk_size, len(q)) * min(chunk_size, len(g)), device=q.device)
+    buffer = torch.empty(min(chunk_size, len(q)) * min(chunk_size, len(g)), dtype=torch.float32, device=q.device)
     neighbours = _Neighbours(len(q), k, group, len(buffer), q.device)
     row_starts = list(range(0, len(q), chunk_size))
     # Backwards, so that in leave-one-out each query meets its own row of tiles before it meets them as columns.
@@ -130,10 +149,10 @@ class _Neighbours:
 
     def __init__(self, num_queries: int, k: int, group: int, tile_size: int, device: torch.device) -> None:
         self.k, self.group = k, group
-        self.maxima = torch.empty(tile_size // group, device=device)
-        self.empty = int(_keys(torch.tensor([float("-inf")]), torch.tensor([_LAST_POSITION]))[0])
+        self.maxima = torch.empty(tile_size // group, dtype=torch.float32, device=device)
+        self.empty = int(_keys(torch.tensor([float("-inf")], dtype=torch.float32), torch.tensor([_LAST_POSITION]))[0])
         self.keys = torch.full((num_queries, k), self.empty, dtype=torch.int64, device=device)
-        self.threshold = torch.full((num_queries,), float("-inf"), device=device)
+        self.threshold = torch.full((num_queries,), float("-inf"), dtype=torch.float32, device=device)
 
     def offer(self, tile: Tensor, query_start: int, gallery_start: int) -> None:
         """Take the candidates of a ``(B_q, B_g)`` tile: rows are queries from ``query_start`` on, columns gallery
@@ -219,8 +238,8 @@ def _scores(keys: Tensor) -> Tensor:
 
 
 def _group_size(chunk_size: int, k: int) -> int:
-    """Columns per group: the largest power of two up to 16 that divides the tile side and leaves at least ``2 k``
-    groups, so that a query's first tile can set its threshold."""
+    """Columns per group: the largest power of two up to ``_MAX_GROUP`` that divides the tile side and leaves at least
+    ``2 k`` groups, so that a query's first tile can set its threshold."""
     size = _MAX_GROUP
     while size > 1 and (chunk_size % size or chunk_size // size < 2 * k):
         size //= 2

@@ -57,8 +57,9 @@ class Pairs(NamedTuple):
             m[rows], w[rows] = self.rows(rows, dtype)
         return m, w
 
-    def check(self, shape: torch.Size) -> None:
-        """Raise a ValueError naming the first field that does not describe valid pairs for a ``shape`` similarity."""
+    def check(self, similarity: Tensor) -> None:
+        """Raise a ValueError naming the first field that does not describe valid pairs for ``similarity``."""
+        shape, device = similarity.shape, similarity.device
         for name in ("positive", "negative"):
             mask = getattr(self, name)
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
@@ -71,10 +72,16 @@ class Pairs(NamedTuple):
                 raise ValueError(f"`pairs.{name}` must be a floating-point tensor, got {_describe(weight)}")
             if weight.ndim != 0 and weight.shape != (shape[0], 1):
                 raise ValueError(f"`pairs.{name}` must be a scalar or of shape ({shape[0]}, 1), got {tuple(weight.shape)}")
+            if weight.requires_grad:
+                raise ValueError(f"`pairs.{name}` must not require grad; learned weights go to `binomial_deviance` dense")
             if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
                 raise ValueError(f"`pairs.{name}` must be finite and >= 0")
-        if not (math.isfinite(self.negative_cost) and self.negative_cost > 0):
-            raise ValueError(f"`pairs.negative_cost` must be a finite number > 0, got {self.negative_cost}")
+        for name in ("positive", "negative", "positive_weight", "negative_weight"):
+            if getattr(self, name).device != device:
+                raise ValueError(f"`pairs.{name}` must be on the device of `similarity` ({device}), got {getattr(self, name).device}")
+        cost = self.negative_cost
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not (math.isfinite(cost) and cost > 0):
+            raise ValueError(f"`pairs.negative_cost` must be a finite number > 0, got {cost!r}")
         if bool((self.positive & self.negative).any()):
             raise ValueError("`pairs.positive` and `pairs.negative` must be disjoint, found a pair marked as both")
 

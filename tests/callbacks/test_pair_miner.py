@@ -78,6 +78,12 @@ def test_invalid_settings_are_value_errors(kwargs, message):
         PairMiner(**kwargs)
 
 
+def test_anchor_index_of_the_wrong_shape_is_a_value_error():
+    labels = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"`anchor_index` must have the shape of `labels` \(4,\), got \(3,\)"):
+        PairMiner().mine(torch.zeros(4, 4), labels, labels, torch.arange(3))
+
+
 def test_similarity_of_the_wrong_shape_is_a_value_error():
     labels = torch.arange(4)
     with pytest.raises(ValueError, match=r"`similarity` must have shape \(len\(labels\), len\(reference_labels\)\)"):

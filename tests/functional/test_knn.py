@@ -117,8 +117,36 @@ def test_k_equal_to_the_gallery_size_ranks_everything():
     assert torch.equal(cosine_knn(x, 39, chunk_size=16)[1], brute_force(x, 39))
 
 
+def test_keys_order_as_score_then_lower_position_and_decode_exactly():
+    scores = torch.tensor([float("-inf"), -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 1.0])
+    positions = torch.tensor([0, 1, 2, 3, 4, 5, 6, 8, 7])
+    keys = knn._keys(scores, positions)
+    # -0.0 equals 0.0, so it ties with it and the lower position (3) ranks first: higher key.
+    order = keys.argsort(descending=True)
+    assert positions[order].tolist() == [7, 8, 6, 5, 3, 4, 2, 1, 0]
+    assert torch.equal(knn._scores(keys), scores + 0.0)
+
+
+@pytest.mark.parametrize("where", ["queries", "gallery"])
+def test_non_finite_embeddings_are_value_errors(where):
+    queries, gallery = torch.randn(4, 3), torch.randn(6, 3)
+    {"queries": queries, "gallery": gallery}[where][1, 2] = float("nan")
+    with pytest.raises(ValueError, match=f"`{where}` must be finite, found NaN or inf"):
+        cosine_knn(queries, 2, gallery, chunk_size=4)
+
+
 def test_bad_arguments_are_value_errors():
     x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"`queries` must have shape \(N, D\), got shape \(4,\)"):
+        cosine_knn(x[:, 0], 1)
+    with pytest.raises(ValueError, match=r"`gallery` must have the embedding dimension of `queries` \(3\)"):
+        cosine_knn(x, 1, torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"`query_keys` must have shape \(4,\), one key per item, got \(3,\)"):
+        cosine_knn(x, 1, query_keys=torch.arange(3))
+    with pytest.raises(ValueError, match=r"`gallery_keys` must have shape \(5,\), one key per item"):
+        cosine_knn(x, 1, torch.randn(5, 3), torch.arange(4), torch.arange(6))
+    with pytest.raises(ValueError, match="`k` must be a positive integer, got 0"):
+        cosine_knn(x, 0)
     with pytest.raises(ValueError, match="`k` must be between 1 and the gallery size 4"):
         cosine_knn(x, 5)
     with pytest.raises(ValueError, match="`gallery_keys` must be None"):
@@ -127,3 +155,5 @@ def test_bad_arguments_are_value_errors():
         cosine_knn(torch.randn(2, 3), 1, torch.randn(4, 3), query_keys=torch.arange(2))
     with pytest.raises(ValueError, match="`chunk_size` must be a positive integer, got 0"):
         cosine_knn(x, 1, chunk_size=0)
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive integer, got 16.0"):
+        cosine_knn(x, 1, chunk_size=16.0)

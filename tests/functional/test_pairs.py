@@ -94,6 +94,8 @@ def valid():
         ("positive_weight", torch.tensor(float("nan")), r"`pairs.positive_weight` must be finite and >= 0"),
         ("negative_weight", torch.tensor(-1.0), r"`pairs.negative_weight` must be finite and >= 0"),
         ("negative_cost", 0.0, r"`pairs.negative_cost` must be a finite number > 0, got 0.0"),
+        ("negative_cost", torch.tensor(2.0), r"`pairs.negative_cost` must be a finite number > 0, got tensor"),
+        ("positive_weight", torch.ones(3, 1, requires_grad=True), r"`pairs.positive_weight` must not require grad"),
         ("negative_cost", float("inf"), r"`pairs.negative_cost` must be a finite number > 0, got inf"),
     ],
 )

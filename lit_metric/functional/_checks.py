@@ -1,0 +1,35 @@
+"""Argument checks shared by the functional core: each raises a ValueError that names the argument."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_matrix(name: str, x: Tensor, shape: str = "(N, D)") -> None:
+    """``x`` is a non-empty, finite, floating-point 2-D tensor described by ``shape`` in the message."""
+    check_floating(name, x)
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must have shape {shape}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+    check_finite(name, x)
+
+
+def check_floating(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    # aminmax propagates NaN and is one pass, cheaper than isfinite(x).all() on a (B, R) matrix.
+    low, high = torch.aminmax(x)
+    if not (bool(low > float("-inf")) and bool(high < float("inf"))):
+        raise ValueError(f"`{name}` must be finite, found NaN or inf")
+
+
+def check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
