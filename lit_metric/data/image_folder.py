@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lit_metric.data.loaders import eval_loader, pk_train_loader
+from lit_metric.data.samplers import check_pk_labels
 from lit_metric.data.transforms import Normalize, image_size_of, load_image
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule", "natural_key", "resolve_root"]
@@ -141,26 +142,6 @@ def transforms_for(augmentation: nn.Module | None, mean: Sequence[float] | None,
     return augment + normalize, normalize
 
 
-def check_pk_split(
-    labels: Tensor, class_names: Sequence[str], classes_per_batch: int, samples_per_class: int, replacement: bool
-) -> None:
-    """Fail early, naming the classes, when a training split cannot fill P x K batches.
-
-    ``class_names[label]`` names the class of each label.
-    """
-    classes, counts = torch.unique(labels, return_counts=True)
-    if len(classes) < classes_per_batch:
-        raise ValueError(
-            f"the training split has {len(classes)} classes, fewer than `classes_per_batch` = {classes_per_batch}"
-        )
-    small = [f"{class_names[c]} ({n})" for c, n in zip(classes.tolist(), counts.tolist()) if n < samples_per_class]
-    if small and not replacement:
-        raise ValueError(
-            f"the training split leaves classes with fewer than `samples_per_class` = {samples_per_class} images: "
-            f"{', '.join(small[:10])}; lower `samples_per_class` or set `replacement: true`"
-        )
-
-
 def log_split(datamodule: L.LightningDataModule, split: Mapping[str, object]) -> None:
     """Record a data split in the trainer's logger, when the data module is attached to a trainer with one."""
     trainer = datamodule.trainer
@@ -260,8 +241,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         label_of = {name: label for label, name in enumerate(self.classes)}
         train_labels = [label_of[name] for name in self.split["train"] for _ in files[name]]
         hp = self.hparams
-        check_pk_split(
-            torch.tensor(train_labels), self.classes, hp.classes_per_batch, hp.samples_per_class, hp.replacement
+        # Fail at setup, naming the folders, rather than when the training loader is built.
+        check_pk_labels(
+            torch.tensor(train_labels),
+            hp.classes_per_batch,
+            hp.samples_per_class,
+            hp.replacement,
+            self.classes,
+            "the training split",
         )
         datasets = {}
         for part in dict.fromkeys(map(tuple, self.split.values())):

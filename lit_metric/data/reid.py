@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from lit_metric.data.image_folder import (
     ImageFileDataset,
-    check_pk_split,
     image_files,
     log_split,
     natural_key,
@@ -24,6 +23,7 @@ from lit_metric.data.image_folder import (
     transforms_for,
 )
 from lit_metric.data.loaders import eval_loader, pk_train_loader
+from lit_metric.data.samplers import check_pk_labels
 
 __all__ = ["ReIDDataModule", "ReIDImage", "scan_market1501", "scan_viper", "viper_split"]
 
@@ -237,7 +237,9 @@ class ReIDDataModule(L.LightningDataModule):
 
         train_names = sorted({image.identity for image in train}, key=natural_key)
         train_labels = self._labels(train, train_names)
-        check_pk_split(train_labels, train_names, hp.classes_per_batch, hp.samples_per_class, hp.replacement)
+        check_pk_labels(
+            train_labels, hp.classes_per_batch, hp.samples_per_class, hp.replacement, train_names, "the training split"
+        )
         self.train_set = self._dataset(train, train_labels, self.train_transforms)
         evaluated = query + gallery
         eval_names = sorted({image.identity for image in evaluated}, key=natural_key)

@@ -8,7 +8,42 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["PKSampler"]
+__all__ = ["PKSampler", "check_pk_labels"]
+
+
+def check_pk_labels(
+    labels: torch.Tensor,
+    classes_per_batch: int,
+    samples_per_class: int,
+    replacement: bool,
+    class_names: Sequence[str] | None = None,
+    source: str = "`labels`",
+) -> None:
+    """Raise a ValueError, naming the classes, when ``labels`` cannot fill batches of P classes x K samples.
+
+    Args:
+        labels: ``(N,)`` integer labels.
+        classes_per_batch: P.
+        samples_per_class: K.
+        replacement: whether classes with fewer than K samples are drawn with replacement (and so allowed).
+        class_names: ``class_names[label]`` names a class in the message; the label itself when ``None``.
+        source: what ``labels`` are, for the message, e.g. "the training split".
+    """
+    classes, counts = torch.unique(labels, return_counts=True)
+    if len(classes) < classes_per_batch:
+        raise ValueError(
+            f"`classes_per_batch` ({classes_per_batch}) exceeds the number of classes in {source} ({len(classes)})"
+        )
+    if not replacement and bool((counts < samples_per_class).any()):
+        small = [
+            f"{c if class_names is None else class_names[c]} ({n})"
+            for c, n in zip(classes.tolist(), counts.tolist())
+            if n < samples_per_class
+        ]
+        raise ValueError(
+            f"classes {', '.join(small[:10])} of {source} have fewer than `samples_per_class` = {samples_per_class} "
+            "samples; lower `samples_per_class` or allow `replacement`"
+        )
 
 
 class PKSampler(DistributedSampler):
@@ -57,17 +92,7 @@ class PKSampler(DistributedSampler):
             raise ValueError(
                 f"`classes_per_batch` and `samples_per_class` must be >= 1, got {classes_per_batch} and {samples_per_class}"
             )
-        classes, counts = torch.unique(labels, return_counts=True)
-        if len(classes) < classes_per_batch:
-            raise ValueError(
-                f"`classes_per_batch` ({classes_per_batch}) exceeds the number of classes in `labels` ({len(classes)})"
-            )
-        if not replacement and bool((counts < samples_per_class).any()):
-            small = classes[counts < samples_per_class].tolist()
-            raise ValueError(
-                f"classes {small[:10]} have fewer than `samples_per_class` = {samples_per_class} samples; "
-                "lower `samples_per_class` or set `replacement=True`"
-            )
+        check_pk_labels(labels, classes_per_batch, samples_per_class, replacement)
         if num_replicas is not None and num_replicas < 1:
             raise ValueError(f"`num_replicas` must be >= 1, got {num_replicas}")
         if rank is not None and rank < 0:
@@ -83,6 +108,7 @@ class PKSampler(DistributedSampler):
         self.epoch = 0
         self._cache: tuple[tuple[int, int], list[torch.Tensor]] | None = None
         # One sort instead of a comparison of all labels per class, which is quadratic on data sets of many classes.
+        counts = torch.unique(labels, return_counts=True)[1]
         self._members = list(torch.argsort(labels, stable=True).split(counts.tolist()))
         self._num_batches = self._max_batches()
 

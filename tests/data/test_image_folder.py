@@ -193,7 +193,7 @@ def test_split_leaving_a_class_with_fewer_than_k_images_names_the_class(tmp_path
         for shot in range(1, 5 if person != 2 else 3):
             write_image(root / f"s{person}" / f"{shot}.pgm", (4, 4))
     datamodule = ImageFolderDataModule(root=str(root), train_classes="s1..s3", classes_per_batch=2, samples_per_class=4)
-    with pytest.raises(ValueError, match=re.escape("fewer than `samples_per_class` = 4 images: s2 (2)")):
+    with pytest.raises(ValueError, match=re.escape("classes s2 (2) of the training split have fewer than `samples_per_class` = 4 samples")):
         datamodule.setup("fit")
     replaced = ImageFolderDataModule(
         root=str(root), train_classes="s1..s3", classes_per_batch=2, samples_per_class=4, replacement=True
@@ -204,7 +204,7 @@ def test_split_leaving_a_class_with_fewer_than_k_images_names_the_class(tmp_path
 
 def test_split_with_fewer_classes_than_p_is_rejected(orl_faces):
     datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s3", classes_per_batch=4)
-    with pytest.raises(ValueError, match=re.escape("split has 3 classes, fewer than `classes_per_batch` = 4")):
+    with pytest.raises(ValueError, match=re.escape("`classes_per_batch` (4) exceeds the number of classes in the training split (3)")):
         datamodule.setup("fit")
 
 

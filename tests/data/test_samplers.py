@@ -63,7 +63,7 @@ def test_it_is_a_distributed_sampler_that_a_dataloader_batches_as_is():
 
 
 def test_a_class_smaller_than_k_is_a_value_error_without_replacement():
-    with pytest.raises(ValueError, match=r"classes \[0, 3\] have fewer than `samples_per_class` = 7 samples"):
+    with pytest.raises(ValueError, match=r"classes 0 \(\d+\), 3 \(\d+\) of `labels` have fewer than `samples_per_class` = 7 samples"):
         PKSampler(LABELS, classes_per_batch=3, samples_per_class=7)
 
 
