@@ -217,3 +217,30 @@ def test_a_short_ddp_fit_from_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Validation retrieval metrics after fit" in result.stdout + result.stderr
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    # Both ranks gather the embeddings for the pictures; rank 0 draws them once.
+    pictures = sorted(path.name for path in (tmp_path / "pictures").iterdir())
+    assert pictures == ["embedding_projection-epoch000.png", "retrieval_grid-epoch000.png"]
+
+
+def test_a_ddp_fit_on_a_folder_of_images_from_the_cli(orl_faces, tmp_path):
+    # configs/att_faces.yaml on 2 processes: each rank reads the folder, takes its own P x K batches of the 20
+    # training people and evaluates its share of the 20 held-out people; the metric and the pictures see all of them.
+    config = Path(__file__).parents[1] / "configs" / "att_faces.yaml"
+    command = [sys.executable, "-m", "lit_metric", "fit", f"--config={config}", "--trainer.logger=false"]
+    options = [
+        f"--data.init_args.root={orl_faces}",
+        "--data.init_args.classes_per_batch=5",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+        "--trainer.check_val_every_n_epoch=1",
+        "--trainer.enable_progress_bar=false",
+    ]
+    result = subprocess.run(command + options, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    # 20 held-out people x 5 images, each scored once although DistributedSampler pads the ranks' shares.
+    assert "val/num_queries            100.0000" in output
+    pictures = sorted(path.name for path in (tmp_path / "pictures").iterdir())
+    assert pictures == ["embedding_projection-epoch000.png", "retrieval_grid-epoch000.png"]
