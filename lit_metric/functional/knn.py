@@ -5,11 +5,11 @@ similarity by ascending gallery position, so rankings are deterministic. Exclusi
 *exclusion keys* is never ranked; in leave-one-out the default key is the item's position, so an item never retrieves
 itself but an exact duplicate of it still counts.
 
-The similarity matrix is computed in square tiles of ``chunk_size`` rows and columns, one matrix product each, so
-memory stays at one tile, its group maxima and the ``(N_q, k)`` neighbour lists, plus the candidates of a slice of a
-tile: few once thresholds have risen, at most ``2**24`` (a few hundred MB) when a whole tile ties, e.g. for
-collapsed embeddings. In leave-one-out the matrix is symmetric and only
-the tiles on and above the diagonal are computed: each serves its rows as queries and, transposed, its columns.
+The similarity matrix is computed in square tiles of ``chunk_size`` rows and columns, one matrix product each. In
+leave-one-out the matrix is symmetric and only the tiles on and above the diagonal are computed: each serves its rows
+as queries and, transposed, its columns. Memory stays at one tile, its group maxima and the ``(N_q, k)`` neighbour
+lists, plus the candidates of a slice of a tile: few once thresholds have risen, at most ``2**24`` (a few hundred
+MB) when a whole tile ties, e.g. for collapsed embeddings.
 
 Neighbours are picked from a tile without sorting it. Every query keeps a *threshold*, a lower bound of the
 similarity of its final ``k``-th neighbour: the ``k``-th best similarity found so far. The columns of a tile are cut
