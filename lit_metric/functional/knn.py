@@ -5,7 +5,8 @@ similarity by ascending gallery position, so rankings are deterministic. Exclusi
 *exclusion keys* is never ranked; in leave-one-out the default key is the item's position, so an item never retrieves
 itself but an exact duplicate of it still counts.
 
-The similarity matrix is computed in square tiles of ``chunk_size`` rows and columns, one matrix product each. In
+The similarity matrix is computed in equal tiles of at most about ``chunk_size`` rows and columns, one matrix product
+each. In
 leave-one-out the matrix is symmetric and only the tiles on and above the diagonal are computed: each serves its rows
 as queries and, transposed, its columns. Memory stays at one tile, its group maxima and the ``(N_q, k)`` neighbour
 lists, plus the candidates of a slice of a tile: few once thresholds have risen, at most ``2**24`` (a few hundred
@@ -18,8 +19,9 @@ read again. As thresholds rise, that pass dismisses nearly all of a tile. A quer
 the ``k``-th largest group maximum, which ``k`` items reach.
 
 Neighbours are held as int64 keys that order as (similarity, -position), so a single ``topk`` over the keys merges
-new candidates with the ones kept, ties included, exactly. Scores are the float32 matrix products; a product of
-another shape may round the last bit differently, so other tilings agree on scores to about 1e-7.
+new candidates with the ones kept, ties included, exactly. Scores are float32 matrix products. All tiles of a search
+have one shape, so every score comes out of the same kernel and exact duplicates score exactly alike wherever they
+sit; another ``chunk_size`` may round the last bit differently, so tilings agree on scores to about 1e-7.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def cosine_knn(
         query_keys: ``(N_q,)`` exclusion keys; pairs with equal keys are never ranked. Leave-one-out defaults
             to the item position, so an item never retrieves itself.
         gallery_keys: ``(N_g,)`` exclusion keys of the gallery; must be ``None`` in leave-one-out.
-        chunk_size: side of the square tiles of similarities, ``>= 1``.
+        chunk_size: tiles of similarities are at most about ``chunk_size`` on a side (the fewest equal tiles that
+            cover the queries, and the gallery), ``>= 1``.
 
     Returns:
         ``(scores, indices)``, both ``(N_q, k)``: float32 similarities in ranking order and gallery positions.
@@ -90,33 +93,33 @@ def cosine_knn(
             if keys.shape != (size,):
                 raise ValueError(f"`{name}` must have shape ({size},), one key per item, got {tuple(keys.shape)}")
 
-    group = _group_size(chunk_size, k)
-    if gallery_size % group:
-        # Zero rows pad the gallery to whole groups; their similarities are masked to -inf in every tile.
-        g = F.pad(g, (0, 0, 0, -gallery_size % group))
-    if symmetric:
-        q = g
-    excluded = None if query_keys is None else equal_key_pairs(query_keys, gallery_keys, chunk_size)
+    # Tiles of one shape: every similarity then comes out of the same matrix-product kernel, so that exact duplicates
+    # score exactly alike wherever they sit (products of other shapes may round the last bit differently).
+    row_side = _tile_side(num_queries, chunk_size)
+    column_side = row_side if symmetric else _tile_side(gallery_size, chunk_size)
+    group = _group_size(column_side, k)
+    row_tiles, column_tiles = -(-num_queries // row_side), -(-gallery_size // column_side)
+    excluded = None if query_keys is None else equal_key_pairs(query_keys, gallery_keys, row_side)
     # One buffer for every tile: a fresh allocation this large would be paged in again for each.
-    buffer = torch.empty(min(chunk_size, len(q)) * min(chunk_size, len(g)), dtype=torch.float32, device=q.device)
-    neighbours = _Neighbours(len(q), k, group, len(buffer), q.device)
-    row_starts = list(range(0, len(q), chunk_size))
+    buffer = torch.empty(row_side, column_side, dtype=torch.float32, device=q.device)
+    neighbours = _Neighbours(row_tiles * row_side, k, group, buffer.numel(), q.device)
     # Backwards, so that in leave-one-out each query meets its own row of tiles before it meets them as columns.
-    for chunk in reversed(range(len(row_starts))) if symmetric else range(len(row_starts)):
-        row_start = row_starts[chunk]
-        rows = q[row_start : row_start + chunk_size]
-        for column_start in range(row_start if symmetric else 0, len(g), chunk_size):
-            columns = g[column_start : column_start + chunk_size]
-            tile = torch.mm(rows, columns.T, out=buffer[: len(rows) * len(columns)].view(len(rows), len(columns)))
+    for row_tile in reversed(range(row_tiles)) if symmetric else range(row_tiles):
+        row_start = row_tile * row_side
+        rows = _tile_rows(q, row_start, row_side)
+        for column_tile in range(row_tile if symmetric else 0, column_tiles):
+            column_start = column_tile * column_side
+            columns = rows if symmetric and column_tile == row_tile else _tile_rows(g, column_start, column_side)
+            tile = torch.mm(rows, columns.T, out=buffer)
+            # Zero rows pad the last tiles; they are never ranked.
             tile[:, max(gallery_size - column_start, 0) :] = float("-inf")
-            if symmetric:
-                tile[max(num_queries - row_start, 0) :] = float("-inf")
+            tile[max(num_queries - row_start, 0) :] = float("-inf")
             if excluded is not None:
-                chunk_rows, chunk_columns = excluded[chunk]
-                inside = (chunk_columns >= column_start) & (chunk_columns < column_start + len(columns))
+                chunk_rows, chunk_columns = excluded[row_tile]
+                inside = (chunk_columns >= column_start) & (chunk_columns < column_start + column_side)
                 tile[chunk_rows[inside], chunk_columns[inside] - column_start] = float("-inf")
             neighbours.offer(tile, row_start, column_start)
-            if symmetric and column_start != row_start:
+            if symmetric and column_tile != row_tile:
                 neighbours.offer(tile.T, column_start, row_start)
     scores, indices = neighbours.ranked()
     return scores[:num_queries], indices[:num_queries]
@@ -237,10 +240,25 @@ def _scores(keys: Tensor) -> Tensor:
     return torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF).view(torch.float32)
 
 
-def _group_size(chunk_size: int, k: int) -> int:
+def _tile_side(size: int, chunk_size: int) -> int:
+    """Side of the fewest equal tiles of at most about ``chunk_size`` that cover ``size`` items; above ``_MAX_GROUP``,
+    a multiple of it, so that whole groups fill a tile."""
+    side = -(-size // -(-size // chunk_size))
+    return side if side <= _MAX_GROUP else -(-side // _MAX_GROUP) * _MAX_GROUP
+
+
+def _tile_rows(x: Tensor, start: int, side: int) -> Tensor:
+    """``side`` rows of ``x`` from ``start``, zero rows past its end (copied only for a last, partial tile)."""
+    rows = x[start : start + side]
+    if len(rows) == side:
+        return rows
+    return torch.cat([rows, rows.new_zeros(side - len(rows), x.shape[1])])
+
+
+def _group_size(tile_side: int, k: int) -> int:
     """Columns per group: the largest power of two up to ``_MAX_GROUP`` that divides the tile side and leaves at least
     ``2 k`` groups, so that a query's first tile can set its threshold."""
     size = _MAX_GROUP
-    while size > 1 and (chunk_size % size or chunk_size // size < 2 * k):
+    while size > 1 and (tile_side % size or tile_side // size < 2 * k):
         size //= 2
     return size

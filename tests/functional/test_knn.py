@@ -80,6 +80,25 @@ def test_ties_go_to_the_lowest_position_and_exact_duplicates_are_kept(chunk_size
     assert torch.equal(neighbours, brute_force(x, 5))
 
 
+def test_exact_duplicates_in_different_tiles_score_alike_and_rank_by_position():
+    # 72 items, 12 distinct vectors, in tiles of about 64: copies of a vector sit in different tiles, as rows and as
+    # columns. (Tiles of 64 and 8 would compute some copies with a kernel for small products, which rounds apart.)
+    generator = torch.Generator().manual_seed(5)
+    which = torch.randint(12, (72,), generator=generator)
+    x = torch.randn(12, 32, generator=generator)[which]
+    for found in (cosine_knn(x, 40, chunk_size=64), cosine_knn(x[:30], 40, x, chunk_size=64)):
+        scores, neighbours = found
+        for row_scores, row in zip(scores.tolist(), neighbours.tolist()):
+            first = {}
+            for score, position in zip(row_scores, row):
+                vector = int(which[position])
+                assert first.setdefault(vector, (score, position))[0] == score
+                assert first[vector][1] <= position
+        # Equal scores come in ascending position.
+        ties = (scores[:, 1:] == scores[:, :-1]) & (neighbours[:, 1:] < neighbours[:, :-1])
+        assert not bool(ties.any())
+
+
 @pytest.mark.parametrize("chunk_size", [2, 64])
 def test_collapsed_embeddings_rank_by_position(chunk_size):
     # Every similarity ties, as with a collapsed network: each query gets the lowest other positions.
