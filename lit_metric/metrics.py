@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.retrieval import check_options, first_occurrences, resolve_roles, retrieval_metrics
 
 __all__ = ["RetrievalMetrics"]
@@ -53,8 +54,7 @@ class RetrievalMetrics(Metric):
     ) -> None:
         super().__init__(**kwargs)
         check_options(metrics, k)
-        if not chunk_size >= 1:
-            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}")
+        check_positive_int("chunk_size", chunk_size)
         self.metrics = tuple(metrics)
         self.k = tuple(sorted(set(k)))
         self.chunk_size = chunk_size

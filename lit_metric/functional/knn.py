@@ -5,12 +5,13 @@ similarity by ascending gallery position, so rankings are deterministic. Exclusi
 *exclusion keys* is never ranked; in leave-one-out the default key is the item's position, so an item never retrieves
 itself but an exact duplicate of it still counts.
 
-The similarity matrix is computed in equal tiles of at most about ``chunk_size`` rows and columns, one matrix product
-each. In
-leave-one-out the matrix is symmetric and only the tiles on and above the diagonal are computed: each serves its rows
-as queries and, transposed, its columns. Memory stays at one tile, its group maxima and the ``(N_q, k)`` neighbour
-lists, plus the candidates of a slice of a tile: few once thresholds have risen, at most ``2**24`` (a few hundred
-MB) when a whole tile ties, e.g. for collapsed embeddings.
+The similarity matrix is computed in equal tiles of at most ``chunk_size`` rows and columns, one matrix product each.
+In leave-one-out the matrix is symmetric and only the tiles on and above the diagonal are computed: each serves its
+rows as queries and, transposed, its columns. Memory holds unit-length float32 copies of the queries and the gallery
+(``N x D x 4`` bytes), one tile, its group maxima and the ``(N_q, k)`` neighbour lists, plus the candidates of a
+slice of a tile: few once thresholds have risen, at most ``2**24`` (a few hundred MB) when a whole tile ties, e.g.
+for collapsed embeddings. On GPUs, ``torch.set_float32_matmul_precision("high")`` lets the products use TF32, and
+the scores are then no longer float32-exact.
 
 Neighbours are picked from a tile without sorting it. Every query keeps a *threshold*, a lower bound of the
 similarity of its final ``k``-th neighbour: the ``k``-th best similarity found so far. The columns of a tile are cut
@@ -58,8 +59,8 @@ def cosine_knn(
         query_keys: ``(N_q,)`` exclusion keys; pairs with equal keys are never ranked. Leave-one-out defaults
             to the item position, so an item never retrieves itself.
         gallery_keys: ``(N_g,)`` exclusion keys of the gallery; must be ``None`` in leave-one-out.
-        chunk_size: tiles of similarities are at most about ``chunk_size`` on a side (the fewest equal tiles that
-            cover the queries, and the gallery), ``>= 1``.
+        chunk_size: tiles of similarities are at most ``chunk_size`` on a side (the fewest equal tiles that cover
+            the queries, and the gallery), ``>= 1``.
 
     Returns:
         ``(scores, indices)``, both ``(N_q, k)``: float32 similarities in ranking order and gallery positions.
@@ -112,8 +113,8 @@ def cosine_knn(
             columns = rows if symmetric and column_tile == row_tile else _tile_rows(g, column_start, column_side)
             tile = torch.mm(rows, columns.T, out=buffer)
             # Zero rows pad the last tiles; they are never ranked.
-            tile[:, max(gallery_size - column_start, 0) :] = float("-inf")
-            tile[max(num_queries - row_start, 0) :] = float("-inf")
+            tile[:, gallery_size - column_start :] = float("-inf")
+            tile[num_queries - row_start :] = float("-inf")
             if excluded is not None:
                 chunk_rows, chunk_columns = excluded[row_tile]
                 inside = (chunk_columns >= column_start) & (chunk_columns < column_start + column_side)
@@ -126,8 +127,9 @@ def cosine_knn(
 
 
 def normalize(x: Tensor) -> Tensor:
-    """``(N, D)`` rows scaled to unit length, in float32."""
-    return F.normalize(x.float(), dim=1)
+    """``(N, D)`` rows scaled to unit length, in float32 and row-major, so that every tile's product takes the same
+    kernel path."""
+    return F.normalize(x.float(), dim=1).contiguous()
 
 
 def equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: int) -> list[tuple[Tensor, Tensor]]:
@@ -241,9 +243,10 @@ def _scores(keys: Tensor) -> Tensor:
 
 
 def _tile_side(size: int, chunk_size: int) -> int:
-    """Side of the fewest equal tiles of at most about ``chunk_size`` that cover ``size`` items; above ``_MAX_GROUP``,
-    a multiple of it, so that whole groups fill a tile."""
-    side = -(-size // -(-size // chunk_size))
+    """Side of the fewest equal tiles of at most ``chunk_size`` that cover ``size`` items; above ``_MAX_GROUP``, a
+    multiple of it, so that whole groups fill a tile."""
+    cap = chunk_size if chunk_size <= _MAX_GROUP else chunk_size // _MAX_GROUP * _MAX_GROUP
+    side = -(-size // -(-size // cap))
     return side if side <= _MAX_GROUP else -(-side // _MAX_GROUP) * _MAX_GROUP
 
 
