@@ -109,7 +109,7 @@ def main() -> None:
     if args.scale:
         n, queries = 1_000_000, 10_000
         r = measure("lit_metric", *make_embeddings(n), queries)
-        print(f"| N | queries | wall (s) | peak memory (MB) | embeddings (MB) | MAP@R | R-Precision | Recall@1 |")
+        print("| N | queries | wall (s) | peak memory (MB) | embeddings (MB) | MAP@R | R-Precision | Recall@1 |")
         print("|---|---|---|---|---|---|---|---|")
         print(f"| {n:,} | {queries:,} | {r['wall']:.1f} | {r['peak_mb']:.0f} | {n * DIM * 4 / 2**20:.0f} "
               f"| {r['map@r']:.4f} | {r['r_precision']:.4f} | {r['recall@1']:.4f} |")

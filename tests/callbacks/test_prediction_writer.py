@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from lit_metric import ConvEmbedder, MetricLearningModule
 from lit_metric.callbacks.prediction_writer import EmbeddingWriter, load_embeddings
 from lit_metric.cli import run
-from lit_metric.data import DigitsDataModule, TensorImageDataset
+from lit_metric.data import TensorImageDataset
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
