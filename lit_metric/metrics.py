@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_metric.functional._checks import check_positive_int
+from lit_metric.functional._checks import check_finite, check_floating, check_positive_int, describe
 from lit_metric.functional.retrieval import check_options, first_occurrences, resolve_roles, retrieval_metrics
 
 __all__ = ["RetrievalMetrics"]
@@ -139,12 +139,11 @@ def _check_update(
     is_gallery: Tensor | None,
     cameras: Tensor | None,
 ) -> None:
-    if not isinstance(embeddings, Tensor) or not embeddings.is_floating_point():
-        raise ValueError(f"`embeddings` must be a floating-point tensor, got {_describe(embeddings)}")
+    check_floating("embeddings", embeddings)
     if embeddings.ndim != 2:
         raise ValueError(f"`embeddings` must have shape (N, D), got shape {tuple(embeddings.shape)}")
-    if not bool(torch.isfinite(embeddings).all()):
-        raise ValueError("`embeddings` must be finite, found NaN or inf")
+    if embeddings.numel():
+        check_finite("embeddings", embeddings)
     n = len(embeddings)
     for name, x, kind in (
         ("labels", labels, "integer"),
@@ -156,12 +155,9 @@ def _check_update(
         if x is None and name not in ("labels", "indexes"):
             continue
         if not isinstance(x, Tensor) or (x.dtype == torch.bool) != (kind == "bool") or x.is_floating_point():
-            raise ValueError(f"`{name}` must be a {kind} tensor, got {_describe(x)}")
+            raise ValueError(f"`{name}` must be a {kind} tensor, got {describe(x)}")
         if x.shape != (n,):
             raise ValueError(f"`{name}` must have shape ({n},) to match `embeddings`, got shape {tuple(x.shape)}")
     if cameras is not None and bool((cameras < 0).any()):
         raise ValueError("`cameras` must be non-negative camera ids, found a negative value")
 
-
-def _describe(x: Any) -> str:
-    return f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__

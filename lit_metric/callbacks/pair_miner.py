@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lit_metric.functional._blocks import row_blocks
+from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
@@ -196,9 +197,7 @@ def _check_settings(settings: dict[str, Any], where: str) -> None:
     if "margin" in settings and not math.isfinite(settings["margin"]):
         raise ValueError(f"`margin`{where} must be a finite number, got {settings['margin']}")
     if "negatives_per_anchor" in settings:
-        k = settings["negatives_per_anchor"]
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"`negatives_per_anchor`{where} must be an integer >= 1, got {k!r}")
+        check_positive_int("negatives_per_anchor", settings["negatives_per_anchor"], where)
 
 
 def _checked_schedule(schedule: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from lit_metric.callbacks.prediction_writer import gather_in_dataset_order
+from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.knn import cosine_knn
 from lit_metric.functional.retrieval import exclusion_keys, resolve_roles
 
@@ -71,8 +72,7 @@ class RetrievalPictures(L.Callback):
         super().__init__()
         counts = {"num_queries": num_queries, "k": k, "every_n_epochs": every_n_epochs, "max_points": max_points}
         for name, value in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+            check_positive_int(name, value)
         if projection not in _PROJECTIONS:
             raise ValueError(f"`projection` must be 'pca' or 'tsne', got {projection!r}")
         self.num_queries = num_queries

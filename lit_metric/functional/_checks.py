@@ -30,6 +30,12 @@ def check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"`{name}` must be finite, found NaN or inf")
 
 
-def check_positive_int(name: str, value: object) -> None:
+def describe(value: object) -> str:
+    """A value's dtype if it is a tensor, else its type, for messages about the wrong kind of argument."""
+    return f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def check_positive_int(name: str, value: object, where: str = "") -> None:
+    """``value`` is an int (not a bool) ``>= 1``; ``where`` locates the argument in the message, e.g. a list entry."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        raise ValueError(f"`{name}`{where} must be a positive integer, got {value!r}")

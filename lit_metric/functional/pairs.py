@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lit_metric.functional._blocks import row_blocks
+from lit_metric.functional._checks import describe
 
 __all__ = ["Pairs"]
 
@@ -63,13 +64,13 @@ class Pairs(NamedTuple):
         for name in ("positive", "negative"):
             mask = getattr(self, name)
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-                raise ValueError(f"`pairs.{name}` must be a boolean tensor, got {_describe(mask)}")
+                raise ValueError(f"`pairs.{name}` must be a boolean tensor, got {describe(mask)}")
             if mask.shape != shape:
                 raise ValueError(f"`pairs.{name}` must have the shape of `similarity` {tuple(shape)}, got {tuple(mask.shape)}")
         for name in ("positive_weight", "negative_weight"):
             weight = getattr(self, name)
             if not isinstance(weight, Tensor) or not weight.is_floating_point():
-                raise ValueError(f"`pairs.{name}` must be a floating-point tensor, got {_describe(weight)}")
+                raise ValueError(f"`pairs.{name}` must be a floating-point tensor, got {describe(weight)}")
             if weight.ndim != 0 and weight.shape != (shape[0], 1):
                 raise ValueError(f"`pairs.{name}` must be a scalar or of shape ({shape[0]}, 1), got {tuple(weight.shape)}")
             if weight.requires_grad:
@@ -90,6 +91,3 @@ def _rows(weight: Tensor, rows: slice, dtype: torch.dtype) -> Tensor:
     """The rows of a ``(B, 1)`` per-anchor weight, or a scalar weight as it is, in ``dtype``."""
     return (weight[rows] if weight.ndim == 2 else weight).to(dtype)
 
-
-def _describe(value: object) -> str:
-    return f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
