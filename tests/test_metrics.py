@@ -68,6 +68,8 @@ def test_keys_are_log_names():
     ("kwargs", "message"),
     [
         ({"embeddings": torch.randn(4, 3, dtype=torch.float64).long()}, r"`embeddings` must be a floating-point"),
+        ({"embeddings": [[0.0, 1.0]] * 4}, r"`embeddings` must be a torch.Tensor, got list"),
+        ({"labels": [0, 1, 1, 0]}, r"`labels` must be a integer tensor, got list"),
         ({"embeddings": torch.randn(4)}, r"`embeddings` must have shape \(N, D\)"),
         ({"embeddings": torch.tensor([[0.0, float("nan")]] * 4)}, "`embeddings` must be finite"),
         ({"embeddings": torch.tensor([[0.0, float("inf")]] * 4)}, "`embeddings` must be finite"),

@@ -61,6 +61,10 @@ class SettingsRecorder(L.Callback):
         (dict(negative_cost=0.0), r"`negative_cost` must be > 0, got 0.0"),
         (dict(margin=math.nan), r"`margin` must be a finite number, got nan"),
         (dict(negatives_per_anchor=0), r"`negatives_per_anchor` must be a positive integer, got 0"),
+        (
+            dict(schedule=[{"epoch": 3, "negatives_per_anchor": 2.5}]),
+            r"`negatives_per_anchor` in `schedule\[0\]` must be a positive integer, got 2.5",
+        ),
         (dict(schedule=[{"strategy": "hard"}]), r"`epoch` in `schedule\[0\]` must be an integer >= 0, got None"),
         (dict(schedule=[{"epoch": -1}]), r"`epoch` in `schedule\[0\]` must be an integer >= 0, got -1"),
         (
