@@ -2,13 +2,14 @@
 pytorch-metric-learning's AccuracyCalculator (faiss-cpu, the named baseline) and torchmetrics' retrieval
 classes fed all query-gallery pairs.
 
-All methods run side by side in this process, after a small warm-up run of each; peak memory is the growth of
-the process's peak RSS over one call (``measure.peak_memory_mb`` resets the mark before each), so it covers
-torch's and faiss' allocations that tracemalloc cannot see. Data: N embeddings of
+All methods run side by side in this process, after a small warm-up run of each, ``--repeats`` times each: wall
+time is the median (the range is printed beside it, as other jobs on a small machine skew single calls), peak memory
+the largest growth of the process's peak RSS over one call (``measure.peak_memory_mb`` resets the mark before each),
+so it covers torch's and faiss' allocations that tracemalloc cannot see. Data: N embeddings of
 dimension 128 in classes of 50, Recall@{1,2,4,8}, MAP@R and R-Precision. Each method prints its MAP@R and
 R-Precision so the table also shows that they agree.
 
-    python benchmarks/retrieval.py                      # N = 5,000, 20,000, 60,000
+    python benchmarks/retrieval.py                      # N = 5,000, 20,000, 60,000, median of 3 calls
     python benchmarks/retrieval.py --scale              # 1,000,000 items, 10,000 of them queries
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -80,16 +82,21 @@ def run_torchmetrics(x: torch.Tensor, labels: torch.Tensor, num_queries: int | N
 METHODS = {"pytorch-metric-learning": run_pml, "lit_metric": run_lit_metric, "torchmetrics": run_torchmetrics}
 
 
-def measure(method: str, x: torch.Tensor, labels: torch.Tensor, num_queries: int | None = None) -> dict[str, float]:
-    """Scores, wall time (s) and peak memory (MB above the embeddings) of one call of ``method``."""
+def measure(method: str, x: torch.Tensor, labels: torch.Tensor, num_queries: int | None = None,
+            repeats: int = 1) -> dict[str, float]:
+    """Scores, median, least and greatest wall time (s) and peak memory (MB above the embeddings) of ``repeats``
+    calls of ``method``."""
     result: dict[str, float] = {}
+    walls, peaks = [], []
 
     def call() -> None:
         start = time.perf_counter()
         result.update(METHODS[method](x, labels, num_queries))
-        result["wall"] = time.perf_counter() - start
+        walls.append(time.perf_counter() - start)
 
-    result["peak_mb"] = peak_memory_mb(call)
+    for _ in range(repeats):
+        peaks.append(peak_memory_mb(call))
+    result.update(wall=statistics.median(walls), fastest=min(walls), slowest=max(walls), peak_mb=max(peaks))
     return result
 
 
@@ -97,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[5_000, 20_000, 60_000])
     parser.add_argument("--scale", action="store_true", help="lit_metric alone on 1,000,000 items")
+    parser.add_argument("--repeats", type=int, default=3, help="calls of each method per size")
     args = parser.parse_args()
     # First calls pay for thread pools and lazy initialisation; keep that out of the table.
     small, small_labels = make_embeddings(500)
@@ -105,10 +113,10 @@ def main() -> None:
 
     # Other jobs on the machine skew wall times, so the load is printed before and after.
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dimension {DIM}, classes of {CLASS_SIZE}, "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+          f"median of {args.repeats}, load average {os.getloadavg()[0]:.1f}\n")
     if args.scale:
         n, queries = 1_000_000, 10_000
-        r = measure("lit_metric", *make_embeddings(n), queries)
+        r = measure("lit_metric", *make_embeddings(n), queries, args.repeats)
         print("| N | queries | wall (s) | peak memory (MB) | embeddings (MB) | MAP@R | R-Precision | Recall@1 |")
         print("|---|---|---|---|---|---|---|---|")
         print(f"| {n:,} | {queries:,} | {r['wall']:.1f} | {r['peak_mb']:.0f} | {n * DIM * 4 / 2**20:.0f} "
@@ -116,19 +124,20 @@ def main() -> None:
         print(f"\nload average {os.getloadavg()[0]:.1f}")
         return
 
-    print("| N | method | wall (s) | peak memory (MB) | time vs pml | MAP@R | R-Precision | Recall@1 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N | method | wall (s) | range (s) | peak memory (MB) | time vs pml | MAP@R | R-Precision | Recall@1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in args.n:
         x, labels = make_embeddings(n)
         results = {}
         for method in METHODS:
             pairs_gb = n * (n - 1) * TORCHMETRICS_BYTES_PER_PAIR / 1e9
             if method == "torchmetrics" and pairs_gb > TORCHMETRICS_LIMIT_GB:
-                print(f"| {n:,} | {method} | skipped (N^2 pairs = {pairs_gb:.0f} GB) | | | | | |")
+                print(f"| {n:,} | {method} | skipped (N^2 pairs = {pairs_gb:.0f} GB) | | | | | | |")
                 continue
-            results[method] = r = measure(method, x, labels)
+            results[method] = r = measure(method, x, labels, repeats=args.repeats)
             ratio = r["wall"] / results["pytorch-metric-learning"]["wall"]
-            print(f"| {n:,} | {method} | {r['wall']:.2f} | {r['peak_mb']:.0f} | {ratio:.2f}x | {r['map@r']:.4f} "
+            print(f"| {n:,} | {method} | {r['wall']:.2f} | {r['fastest']:.2f}-{r['slowest']:.2f} | {r['peak_mb']:.0f} "
+                  f"| {ratio:.2f}x | {r['map@r']:.4f} "
                   f"| {r['r_precision']:.4f} | {r['recall@1']:.4f} |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f}")
 
