@@ -97,6 +97,12 @@ def valid():
         ("negative_cost", torch.tensor(2.0), r"`pairs.negative_cost` must be a finite number > 0, got tensor"),
         ("positive_weight", torch.ones(3, 1, requires_grad=True), r"`pairs.positive_weight` must not require grad"),
         ("negative_cost", float("inf"), r"`pairs.negative_cost` must be a finite number > 0, got inf"),
+        # The meta device stands in for a second device, which this machine does not have.
+        (
+            "negative",
+            torch.zeros(3, 4, dtype=torch.bool, device="meta"),
+            r"`pairs.negative` must be on the device of `similarity` \(cpu\), got meta",
+        ),
     ],
 )
 def test_invalid_pairs_are_value_errors_naming_the_field(field, value, message):
