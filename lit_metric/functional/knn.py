@@ -237,8 +237,9 @@ def _group_maxima(tile: Tensor, group: int, out: Tensor) -> Tensor:
 def _first_threshold(maxima: Tensor, k: int) -> Tensor:
     """``(B_q,)`` lower bounds of the ``k``-th best similarity of each query in a tile, from its ``(B_q, G)`` group
     maxima: the ``k``-th largest maximum of unions of up to ``_FIRST_UNION`` groups, as ``k`` unions reach it, so ``k``
-    items do. While ``k`` is much smaller than ``G`` the best items of a tile rarely share a union, so the bound is
-    barely lower than with single groups, and the ``topk`` over fewer values is several times faster."""
+    items do (groups left over from whole unions are left out; a bound from fewer items is still a bound). While
+    ``k`` is much smaller than ``G`` the best items of a tile rarely share a union, so the bound is barely lower than
+    with single groups, and the ``topk`` over fewer values took 0.10 s instead of 0.26 s at N = 60,000."""
     union = _FIRST_UNION
     while union > 1 and maxima.shape[1] // union < k:
         union //= 2

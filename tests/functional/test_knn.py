@@ -136,6 +136,18 @@ def test_k_equal_to_the_gallery_size_ranks_everything():
     assert torch.equal(cosine_knn(x, 39, chunk_size=16)[1], brute_force(x, 39))
 
 
+@pytest.mark.parametrize(("groups", "k"), [(40, 3), (42, 10), (41, 11), (40, 40)])
+def test_a_first_threshold_is_reached_by_k_items_and_is_at_most_the_k_th_best(groups, k):
+    # Unions of 4 groups; of 4 with 2 groups left out; of 2 with 1 left out (41 // 4 < 11); single groups.
+    tile = torch.randn(50, groups * 8, generator=torch.Generator().manual_seed(groups + k))
+    maxima = knn._group_maxima(tile, 8, torch.empty(tile.numel() // 8))
+    threshold = knn._first_threshold(maxima, k)
+    assert ((tile >= threshold[:, None]).sum(dim=1) >= k).all()
+    assert (threshold <= tile.topk(k, dim=1).values[:, -1]).all()
+    if groups // 2 < k:
+        assert torch.equal(threshold, maxima.view(50, groups).topk(k, dim=1).values[:, -1])
+
+
 def test_keys_order_as_score_then_lower_position_and_decode_exactly():
     scores = torch.tensor([float("-inf"), -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 1.0])
     positions = torch.tensor([0, 1, 2, 3, 4, 5, 6, 8, 7])
