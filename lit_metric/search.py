@@ -18,7 +18,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lit_metric.callbacks.prediction_writer import load_embeddings
-from lit_metric.functional.knn import cosine_knn
+from lit_metric.functional._checks import check_matrix
+from lit_metric.functional.knn import cosine_knn, normalize
 from lit_metric.module import MetricLearningModule
 
 __all__ = ["EmbeddingIndex", "Neighbours", "embed_batches", "embed_images", "nearest"]
@@ -54,6 +55,9 @@ class EmbeddingIndex:
         paths: ``N`` gallery file paths, if known.
         image_shape: ``(C, H, W)`` that query images must have, if known (it is when the gallery was embedded
             from images).
+
+    The index holds a unit-length float32 copy of the gallery (``N x D x 4`` bytes), made once, so that a search
+    normalises only its queries.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class EmbeddingIndex:
     ) -> None:
         if not isinstance(embeddings, Tensor) or embeddings.ndim != 2 or len(embeddings) == 0:
             raise ValueError(f"`embeddings` must be a non-empty (N, D) tensor, got {_describe(embeddings)}")
+        check_matrix("embeddings", embeddings)
         n = len(embeddings)
         if labels is not None and tuple(labels.shape) != (n,):
             raise ValueError(f"`labels` must have shape ({n},) to match `embeddings`, got {_describe(labels)}")
@@ -73,6 +78,7 @@ class EmbeddingIndex:
             raise ValueError(f"`paths` must hold {n} paths to match `embeddings`, got {len(paths)}")
         self.model = model.eval()
         self.embeddings = embeddings
+        self.unit_embeddings = normalize(embeddings)
         self.labels = labels.to(embeddings.device) if labels is not None else None
         self.paths = [str(path) for path in paths] if paths is not None else None
         self.image_shape = tuple(image_shape) if image_shape is not None else None
@@ -128,7 +134,9 @@ class EmbeddingIndex:
             raise ValueError(
                 f"`queries` must have shape (Q, {self.embeddings.shape[1]}) like the gallery, got {_describe(queries)}"
             )
-        scores, indices = cosine_knn(queries.to(self.embeddings.device), k, self.embeddings)
+        check_matrix("queries", queries, f"(Q, {self.embeddings.shape[1]})")
+        unit_queries = normalize(queries.to(self.embeddings.device))
+        scores, indices = cosine_knn(unit_queries, k, self.unit_embeddings, normalized=True)
         labels = self.labels[indices] if self.labels is not None else None
         paths = [[self.paths[i] for i in row] for row in indices.tolist()] if self.paths is not None else None
         return Neighbours(scores, indices, labels, paths)

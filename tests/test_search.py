@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+import lit_metric.functional.knn as knn
+import lit_metric.search as search
 from lit_metric import MetricLearningModule
 from lit_metric.callbacks.prediction_writer import save_embeddings
 from lit_metric.cli import run
@@ -103,3 +105,26 @@ def test_query_images_must_have_the_gallery_image_shape(index, images):
 def test_query_embeddings_must_have_the_gallery_dimension(index):
     with pytest.raises(ValueError, match=r"`queries` must have shape \(Q, 64\) like the gallery, got shape \(2, 32\)"):
         index.search_embeddings(torch.rand(2, 32), k=2)
+
+
+def test_a_search_normalises_only_its_queries(index, monkeypatch):
+    normalised, normalize = [], knn.normalize
+
+    def counting(x):
+        normalised.append(len(x))
+        return normalize(x)
+
+    monkeypatch.setattr(search, "normalize", counting)
+    monkeypatch.setattr(knn, "normalize", counting)
+    found = index.search_embeddings(index.embeddings[:3] + 0.01, k=4)
+    assert normalised == [3]
+    assert torch.equal(found.indices, knn.cosine_knn(index.embeddings[:3] + 0.01, 4, index.embeddings)[1])
+
+
+def test_non_finite_embeddings_are_refused_by_name(index):
+    embeddings = index.embeddings.clone()
+    embeddings[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="`embeddings` must be finite, found NaN or inf"):
+        EmbeddingIndex(index.model, embeddings)
+    with pytest.raises(ValueError, match="`queries` must be a floating-point tensor, got dtype torch.int64"):
+        index.search_embeddings(torch.ones(2, 64, dtype=torch.long), k=2)

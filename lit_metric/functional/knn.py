@@ -33,7 +33,7 @@ from torch import Tensor
 
 from lit_metric.functional._checks import check_matrix, check_positive_int
 
-__all__ = ["cosine_knn"]
+__all__ = ["cosine_knn", "normalize"]
 
 # Smaller groups gather fewer values per candidate; larger ones make fewer maxima. 8 was fastest at N = 60,000.
 _MAX_GROUP = 8
@@ -50,6 +50,7 @@ def cosine_knn(
     query_keys: Tensor | None = None,
     gallery_keys: Tensor | None = None,
     chunk_size: int = 8192,
+    normalized: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Exact top-``k`` gallery items of every query by cosine similarity, in ranking order.
 
@@ -63,6 +64,9 @@ def cosine_knn(
         gallery_keys: ``(N_g,)`` exclusion keys of the gallery; must be ``None`` in leave-one-out.
         chunk_size: tiles of similarities are at most ``chunk_size`` on a side (the fewest equal tiles that cover
             the queries, and the gallery), ``>= 1``.
+        normalized: ``queries`` and ``gallery`` are already rows of :func:`normalize` (unit length, float32,
+            contiguous) and are used as they are, e.g. a gallery normalised once for many searches. Rankings equal
+            those of the raw embeddings with ``normalized=False``.
 
     Returns:
         ``(scores, indices)``, both ``(N_q, k)``: float32 similarities in ranking order and gallery positions.
@@ -79,8 +83,17 @@ def cosine_knn(
             )
     check_positive_int("k", k)
     check_positive_int("chunk_size", chunk_size)
-    q = normalize(queries)
-    g = q if symmetric else normalize(gallery)
+    if normalized:
+        for name, x in (("queries", queries), ("gallery", gallery)):
+            if x is not None and (x.dtype != torch.float32 or not x.is_contiguous()):
+                raise ValueError(
+                    f"`{name}` must be contiguous float32 rows of `normalize` when `normalized` is True, got "
+                    f"dtype {x.dtype}{'' if x.is_contiguous() else ', not contiguous'}"
+                )
+        q, g = queries, queries if symmetric else gallery
+    else:
+        q = normalize(queries)
+        g = q if symmetric else normalize(gallery)
     num_queries, gallery_size = len(q), len(g)
     if k > gallery_size:
         raise ValueError(f"`k` must be between 1 and the gallery size {gallery_size}, got {k}")

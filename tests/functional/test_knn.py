@@ -148,6 +148,19 @@ def test_a_first_threshold_is_reached_by_k_items_and_is_at_most_the_k_th_best(gr
         assert torch.equal(threshold, maxima.view(50, groups).topk(k, dim=1).values[:, -1])
 
 
+def test_rows_normalised_once_search_exactly_like_the_raw_embeddings():
+    queries, gallery = random_points(30, seed=8), random_points(50, seed=9)
+    unit_queries, unit_gallery = knn.normalize(queries), knn.normalize(gallery)
+    for raw, unit in (((queries,), (unit_queries,)), ((queries, gallery), (unit_queries, unit_gallery))):
+        expected = cosine_knn(*raw[:1], 5, *raw[1:], chunk_size=16)
+        found = cosine_knn(*unit[:1], 5, *unit[1:], chunk_size=16, normalized=True)
+        assert torch.equal(found[0], expected[0]) and torch.equal(found[1], expected[1])
+    with pytest.raises(ValueError, match="`gallery` must be contiguous float32 rows of `normalize`.*dtype torch.float64"):
+        cosine_knn(unit_queries, 5, unit_gallery.double(), normalized=True)
+    with pytest.raises(ValueError, match="`queries` must be contiguous float32 rows.*not contiguous"):
+        cosine_knn(knn.normalize(queries.T).T, 5, normalized=True)
+
+
 def test_keys_order_as_score_then_lower_position_and_decode_exactly():
     scores = torch.tensor([float("-inf"), -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 1.0])
     positions = torch.tensor([0, 1, 2, 3, 4, 5, 6, 8, 7])
