@@ -8,9 +8,9 @@ itself but an exact duplicate of it still counts.
 The similarity matrix is computed in equal tiles of at most ``chunk_size`` rows and columns, one matrix product each.
 In leave-one-out the matrix is symmetric and only the tiles on and above the diagonal are computed: each serves its
 rows as queries and, transposed, its columns. Memory holds unit-length float32 copies of the queries and the gallery
-(``N x D x 4`` bytes), one tile, its group maxima and the ``(N_q, k)`` neighbour lists, plus the candidates of a
-slice of a tile: few once thresholds have risen, at most ``2**24`` (a few hundred MB) when a whole tile ties, e.g.
-for collapsed embeddings. On GPUs, ``torch.set_float32_matmul_precision("high")`` lets the products use TF32, and
+(``N x D x 4`` bytes; none with ``normalized=True``), one tile, its group maxima and the ``(N_q, k)`` neighbour
+lists, plus the candidates of a slice of a tile: few once thresholds have risen, at most ``2**24`` (a few hundred
+MB) when a whole tile ties, e.g. for collapsed embeddings. On GPUs, ``torch.set_float32_matmul_precision("high")`` lets the products use TF32, and
 the scores are then no longer float32-exact.
 
 Neighbours are picked from a tile without sorting it. Every query keeps a *threshold*, a lower bound of the
