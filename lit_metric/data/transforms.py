@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,11 @@ def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None
     Raises:
         ValueError: naming ``path`` when PIL cannot decode the file.
     """
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            array = np.array(image, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
+    with _opened(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB")
+        if size is not None and image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        array = np.array(image, dtype=np.uint8)
     tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
@@ -43,12 +41,20 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
     Raises:
         ValueError: naming ``path`` when PIL does not recognise the file as an image.
     """
+    with _opened(path) as image:
+        width, height = image.size
+    return height, width
+
+
+@contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """The PIL image of ``path``; any failure to open or decode it, inside the block too, is a ValueError naming
+    ``path``."""
     try:
         with Image.open(path) as image:
-            width, height = image.size
+            yield image
     except (OSError, ValueError, SyntaxError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
-    return height, width
 
 
 class RandomAugment(nn.Module):
