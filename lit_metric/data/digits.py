@@ -84,7 +84,10 @@ class DigitsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return pk_train_loader(self.train_set, hp.classes_per_batch, hp.samples_per_class, False, hp.seed, hp.num_workers)
+        return pk_train_loader(
+            self.train_set, hp.classes_per_batch, hp.samples_per_class, replacement=False, seed=hp.seed,
+            num_workers=hp.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._holdout_loader()

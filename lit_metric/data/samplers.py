@@ -18,7 +18,7 @@ def check_pk_labels(
     replacement: bool,
     class_names: Sequence[str] | None = None,
     source: str = "`labels`",
-) -> None:
+) -> torch.Tensor:
     """Raise a ValueError, naming the classes, when ``labels`` cannot fill batches of P classes x K samples.
 
     Args:
@@ -28,6 +28,9 @@ def check_pk_labels(
         replacement: whether classes with fewer than K samples are drawn with replacement (and so allowed).
         class_names: ``class_names[label]`` names a class in the message; the label itself when ``None``.
         source: what ``labels`` are, for the message, e.g. "the training split".
+
+    Returns:
+        The number of samples of each class, in ascending label order.
     """
     classes, counts = torch.unique(labels, return_counts=True)
     if len(classes) < classes_per_batch:
@@ -44,6 +47,7 @@ def check_pk_labels(
             f"classes {', '.join(small[:10])} of {source} have fewer than `samples_per_class` = {samples_per_class} "
             "samples; lower `samples_per_class` or allow `replacement`"
         )
+    return counts
 
 
 class PKSampler(DistributedSampler):
@@ -92,7 +96,7 @@ class PKSampler(DistributedSampler):
             raise ValueError(
                 f"`classes_per_batch` and `samples_per_class` must be >= 1, got {classes_per_batch} and {samples_per_class}"
             )
-        check_pk_labels(labels, classes_per_batch, samples_per_class, replacement)
+        counts = check_pk_labels(labels, classes_per_batch, samples_per_class, replacement)
         if num_replicas is not None and num_replicas < 1:
             raise ValueError(f"`num_replicas` must be >= 1, got {num_replicas}")
         if rank is not None and rank < 0:
@@ -108,7 +112,6 @@ class PKSampler(DistributedSampler):
         self.epoch = 0
         self._cache: tuple[tuple[int, int], list[torch.Tensor]] | None = None
         # One sort instead of a comparison of all labels per class, which is quadratic on data sets of many classes.
-        counts = torch.unique(labels, return_counts=True)[1]
         self._members = list(torch.argsort(labels, stable=True).split(counts.tolist()))
         self._num_batches = self._max_batches()
 
