@@ -12,11 +12,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lit_metric.functional._blocks import row_blocks
-from lit_metric.functional._checks import check_positive_int
+from lit_metric.functional._checks import check_choice, check_positive_int
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
-    check_choice,
     mining_statistics,
     pair_counts,
     pair_masks,

@@ -39,3 +39,9 @@ def check_positive_int(name: str, value: object, where: str = "") -> None:
     """``value`` is an int (not a bool) ``>= 1``; ``where`` locates the argument in the message, e.g. a list entry."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}`{where} must be a positive integer, got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...], where: str = "") -> None:
+    """``value`` is one of ``choices``; ``where`` locates the argument in the message, e.g. a schedule entry."""
+    if value not in choices:
+        raise ValueError(f"`{name}`{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -15,11 +15,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_metric.functional._checks import check_choice
+
 __all__ = [
     "STRATEGIES",
     "WEIGHTINGS",
     "balanced_weights",
-    "check_choice",
     "hard_pairs",
     "hardest_negatives",
     "mining_statistics",
@@ -250,12 +251,6 @@ def _masked_extreme(similarity: Tensor, mask: Tensor, extreme: Literal["min", "m
     if extreme == "min":
         return torch.where(mask, similarity, float("inf")).amin(dim=1, keepdim=True)
     return torch.where(mask, similarity, -float("inf")).amax(dim=1, keepdim=True)
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...], where: str = "") -> None:
-    """Raise a ValueError naming ``name`` (located by ``where``, e.g. a schedule entry) unless ``value`` is a choice."""
-    if value not in choices:
-        raise ValueError(f"`{name}`{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _check_labels(name: str, labels: Tensor) -> None:
