@@ -229,13 +229,13 @@ class ReIDDataModule(L.LightningDataModule):
                 "query_images": len(query),
                 "gallery_images": len(gallery),
             }
+        train_names = sorted({image.identity for image in train}, key=natural_key)
         rank_zero_info(
-            f"{self.layout} split: {len({i.identity for i in train})} training identities ({len(train)} images), "
+            f"{self.layout} split: {len(train_names)} training identities ({len(train)} images), "
             f"{len(query)} queries against {len(gallery)} gallery images"
         )
         log_split(self, self.split)
 
-        train_names = sorted({image.identity for image in train}, key=natural_key)
         train_labels = self._labels(train, train_names)
         check_pk_labels(
             train_labels, hp.classes_per_batch, hp.samples_per_class, hp.replacement, train_names, "the training split"
