@@ -136,16 +136,35 @@ def test_k_equal_to_the_gallery_size_ranks_everything():
     assert torch.equal(cosine_knn(x, 39, chunk_size=16)[1], brute_force(x, 39))
 
 
-@pytest.mark.parametrize(("groups", "k"), [(40, 3), (42, 10), (41, 11), (40, 40)])
-def test_a_first_threshold_is_reached_by_k_items_and_is_at_most_the_k_th_best(groups, k):
-    # Unions of 4 groups; of 4 with 2 groups left out; of 2 with 1 left out (41 // 4 < 11); single groups.
-    tile = torch.randn(50, groups * 8, generator=torch.Generator().manual_seed(groups + k))
-    maxima = knn._group_maxima(tile, 8, torch.empty(tile.numel() // 8))
+@pytest.mark.parametrize(
+    ("tiles", "groups", "k"), [(1, 40, 3), (1, 42, 10), (1, 41, 11), (1, 40, 40), (3, 40, 10), (3, 10, 29)]
+)
+def test_a_first_threshold_is_reached_by_k_items_and_is_at_most_the_k_th_best(tiles, groups, k):
+    # One tile: unions of 4 groups; of 4 with 2 groups left out; of 2 with 1 left out (41 // 4 < 11); single groups.
+    # Three tiles: unions of 6 groups in each (3 unions of 12 per tile are fewer than 10); single groups.
+    generator = torch.Generator().manual_seed(tiles + groups + k)
+    parts = [torch.randn(50, groups * 8, generator=generator) for _ in range(tiles)]
+    maxima = [knn._group_maxima(part, 8, torch.empty(part.numel() // 8)) for part in parts]
     threshold = knn._first_threshold(maxima, k)
-    assert ((tile >= threshold[:, None]).sum(dim=1) >= k).all()
-    assert (threshold <= tile.topk(k, dim=1).values[:, -1]).all()
-    if groups // 2 < k:
-        assert torch.equal(threshold, maxima.view(50, groups).topk(k, dim=1).values[:, -1])
+    items = torch.cat(parts, dim=1)
+    assert ((items >= threshold[:, None]).sum(dim=1) >= k).all()
+    assert (threshold <= items.topk(k, dim=1).values[:, -1]).all()
+    if groups // 2 * tiles < k:
+        assert torch.equal(threshold, torch.cat(maxima, dim=1).topk(k, dim=1).values[:, -1])
+
+
+def test_a_query_s_first_threshold_comes_from_its_first_three_tiles_at_once(monkeypatch):
+    # 100 items in tiles of 16: the first offer of every row of tiles holds up to three tiles, later offers one.
+    offers, offer = [], knn._Neighbours.offer
+
+    def counted(self, tiles, *args):
+        offers.append(len(tiles))
+        return offer(self, tiles, *args)
+
+    monkeypatch.setattr(knn._Neighbours, "offer", counted)
+    queries, gallery = random_points(100), random_points(90, seed=1)
+    assert torch.equal(cosine_knn(queries, 10, gallery, chunk_size=16)[1], brute_force(queries, 10, gallery))
+    assert offers == [3, 1, 1, 1] * 7
 
 
 def test_rows_normalised_once_search_exactly_like_the_raw_embeddings():
