@@ -42,7 +42,7 @@ _MAX_GROUP = 8
 # Groups merged into one value per tile when a query's first tiles set its threshold; 4 was fastest at N = 60,000.
 _FIRST_UNION = 4
 # Tiles that set a query's first threshold together, each held in its own buffer. Three cut the candidates per query
-# from 184 to 118 at N = 60,000 (k = 49) and the search time by about 5%.
+# from 184 to 121 at N = 60,000 (k = 49) and the search time by 3-7% in side-by-side runs; four were no faster.
 _FIRST_TILES = 3
 # Bounds the candidate arrays of one slice of a tile (a few hundred MB when a whole tile passes).
 _CANDIDATES_PER_SLICE = 1 << 24
