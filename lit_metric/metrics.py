@@ -37,7 +37,8 @@ class RetrievalMetrics(Metric):
             the full gallery for every query, ``O(N^2 log N)``; the others need only nearest neighbours.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``; each must be at most the gallery size.
         chunk_size: blocks of similarities hold at most ``chunk_size**2`` values (256 MB in float32 at the
-            default); larger blocks make the matrix products more efficient, and memory grows with its square.
+            default; the search holds up to three); larger blocks make the matrix products more efficient, and
+            memory grows with its square.
         kwargs: passed to :class:`torchmetrics.Metric`.
     """
 
