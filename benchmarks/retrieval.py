@@ -5,11 +5,10 @@ classes fed all query-gallery pairs.
 All methods run side by side in this process, after a small warm-up run of each, ``--repeats`` times each and in
 turns, call by call, so that drifts in the machine's speed hit them alike: wall time is the median (the range is
 printed beside it, as other jobs on a small machine skew single calls; pytorch-metric-learning's calls at 60,000
-varied from 7.7 to 11.5 s between runs), peak memory
-the largest growth of the process's peak RSS over one call (``measure.peak_memory_mb`` resets the mark before each),
-so it covers torch's and faiss' allocations that tracemalloc cannot see. Data: N embeddings of
-dimension 128 in classes of 50, Recall@{1,2,4,8}, MAP@R and R-Precision. Each method prints its MAP@R and
-R-Precision so the table also shows that they agree.
+varied from 7.7 to 11.5 s between runs), peak memory the largest growth of the process's peak RSS over one call
+(``measure.peak_memory_mb`` resets the mark before each), so it covers torch's and faiss' allocations that
+tracemalloc cannot see. Data: N embeddings of dimension 128 in classes of 50, Recall@{1,2,4,8}, MAP@R and
+R-Precision. Each method prints its MAP@R and R-Precision so the table also shows that they agree.
 
     python benchmarks/retrieval.py                      # N = 5,000, 20,000, 60,000, median of 3 calls
     python benchmarks/retrieval.py --scale              # 1,000,000 items, 10,000 of them queries

@@ -154,7 +154,7 @@ def test_a_first_threshold_is_reached_by_k_items_and_is_at_most_the_k_th_best(ti
 
 
 def test_a_query_s_first_threshold_comes_from_its_first_three_tiles_at_once(monkeypatch):
-    # 100 items in tiles of 16: the first offer of every row of tiles holds up to three tiles, later offers one.
+    # 100 queries, 90 items, tiles of 16: 7 rows of 6 tiles; each row's first offer holds three tiles, later ones one.
     offers, offer = [], knn._Neighbours.offer
 
     def counted(self, tiles, *args):
