@@ -68,8 +68,6 @@ class EmbeddingIndex:
         paths: Sequence[str] | None = None,
         image_shape: Sequence[int] | None = None,
     ) -> None:
-        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2 or len(embeddings) == 0:
-            raise ValueError(f"`embeddings` must be a non-empty (N, D) tensor, got {_describe(embeddings)}")
         check_matrix("embeddings", embeddings)
         n = len(embeddings)
         if labels is not None and tuple(labels.shape) != (n,):
@@ -130,11 +128,10 @@ class EmbeddingIndex:
     def search_embeddings(self, queries: Tensor, k: int = 5) -> Neighbours:
         """The ``k`` nearest gallery items of each of the ``(Q, D)`` query embeddings."""
         _check_k(k, len(self.embeddings))
-        if not isinstance(queries, Tensor) or queries.ndim != 2 or queries.shape[1] != self.embeddings.shape[1]:
-            raise ValueError(
-                f"`queries` must have shape (Q, {self.embeddings.shape[1]}) like the gallery, got {_describe(queries)}"
-            )
-        check_matrix("queries", queries, f"(Q, {self.embeddings.shape[1]})")
+        dimension = self.embeddings.shape[1]
+        check_matrix("queries", queries, f"(Q, {dimension})")
+        if queries.shape[1] != dimension:
+            raise ValueError(f"`queries` must have shape (Q, {dimension}) like the gallery, got {_describe(queries)}")
         unit_queries = normalize(queries.to(self.embeddings.device))
         scores, indices = cosine_knn(unit_queries, k, self.unit_embeddings, normalized=True)
         labels = self.labels[indices] if self.labels is not None else None

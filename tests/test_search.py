@@ -128,3 +128,28 @@ def test_non_finite_embeddings_are_refused_by_name(index):
         EmbeddingIndex(index.model, embeddings)
     with pytest.raises(ValueError, match="`queries` must be a floating-point tensor, got dtype torch.int64"):
         index.search_embeddings(torch.ones(2, 64, dtype=torch.long), k=2)
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "message"),
+    [
+        ([[0.0, 1.0]], "`embeddings` must be a torch.Tensor, got list"),
+        (torch.rand(64), r"`embeddings` must have shape \(N, D\), got shape \(64,\)"),
+        (torch.rand(0, 64), r"`embeddings` must not be empty, got shape \(0, 64\)"),
+    ],
+)
+def test_a_gallery_that_is_not_a_non_empty_matrix_is_refused_by_name(index, embeddings, message):
+    with pytest.raises(ValueError, match=message):
+        EmbeddingIndex(index.model, embeddings)
+
+
+@pytest.mark.parametrize(
+    ("queries", "message"),
+    [
+        (torch.rand(64), r"`queries` must have shape \(Q, 64\), got shape \(64,\)"),
+        (torch.rand(0, 64), r"`queries` must not be empty, got shape \(0, 64\)"),
+    ],
+)
+def test_queries_that_are_not_a_non_empty_matrix_are_refused_by_name(index, queries, message):
+    with pytest.raises(ValueError, match=message):
+        index.search_embeddings(queries, k=2)
