@@ -11,8 +11,9 @@ rows as queries and, transposed, its columns. Memory holds unit-length float32 c
 (``N x D x 4`` bytes; none with ``normalized=True``), up to three tiles (``3 x 8192**2 x 4`` bytes, 0.8 GB, at
 most) with their group maxima, and the ``(N_q, k)`` neighbour lists, plus the candidates of a slice of a tile: few
 once thresholds have risen, at most ``2**24`` (a few hundred MB) when a whole tile ties, e.g. for collapsed
-embeddings. On GPUs, ``torch.set_float32_matmul_precision("high")`` lets the products use TF32, and the scores are
-then no longer float32-exact.
+embeddings. The products are IEEE float32 whatever the caller set (:func:`float32_products`): TF32, which
+``torch.set_float32_matmul_precision("high")`` allows on GPUs, and autocast would round the scores and reorder
+near-ties.
 
 Neighbours are picked from a tile without sorting it. Every query keeps a *threshold*, a lower bound of the
 similarity of its final ``k``-th neighbour: the ``k``-th best similarity found so far. The columns of a tile are cut
@@ -29,13 +30,16 @@ sit; another ``chunk_size`` may round the last bit differently, so tilings agree
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lit_metric.functional._checks import check_matrix, check_positive_int
 
-__all__ = ["cosine_knn", "normalize"]
+__all__ = ["cosine_knn", "float32_products", "normalize"]
 
 # Smaller groups gather fewer values per candidate; larger ones make fewer maxima. 8 was fastest at N = 60,000.
 _MAX_GROUP = 8
@@ -138,7 +142,8 @@ def cosine_knn(
             for column_tile, buffer in zip(batch, buffers):
                 column_start = column_tile * column_side
                 columns = rows if symmetric and column_tile == row_tile else _tile_rows(g, column_start, column_side)
-                tile = torch.mm(rows, columns.T, out=buffer)
+                with float32_products(q.device):
+                    tile = torch.mm(rows, columns.T, out=buffer)
                 # Zero rows pad the last tiles; they are never ranked.
                 tile[:, gallery_size - column_start :] = float("-inf")
                 tile[num_queries - row_start :] = float("-inf")
@@ -154,6 +159,25 @@ def cosine_knn(
                         neighbours.offer([tile.T], column_tile * column_side, [row_start])
     scores, indices = neighbours.ranked()
     return scores[:num_queries], indices[:num_queries]
+
+
+@contextmanager
+def float32_products(device: torch.device) -> Iterator[None]:
+    """Matrix products on ``device`` in IEEE float32 inside the block: autocast off and, on GPUs, no TF32, whatever
+    the caller set; the caller's settings come back on leaving. Exact scores need it, as TF32 keeps 10 bits of
+    mantissa."""
+    matmul, on_gpu = torch.backends.cuda.matmul, device.type == "cuda"
+    # torch >= 2.9 sets TF32 per backend; mixing that with the older flag makes torch refuse to report the precision.
+    flag, ieee = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
+    previous = getattr(matmul, flag)
+    if on_gpu:
+        setattr(matmul, flag, ieee)
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        if on_gpu:
+            setattr(matmul, flag, previous)
 
 
 def normalize(x: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lit_metric.functional.knn import cosine_knn, equal_key_pairs, normalize
+from lit_metric.functional.knn import cosine_knn, equal_key_pairs, float32_products, normalize
 
 __all__ = [
     "RETRIEVAL_METRICS",
@@ -68,7 +68,8 @@ def cosine_average_precision(
     out = [torch.empty(0, dtype=torch.float64, device=q.device)]
     for chunk, i in enumerate(range(0, len(q), rows_per_chunk)):
         rows = slice(i, i + rows_per_chunk)
-        block = q[rows] @ g.T
+        with float32_products(q.device):
+            block = q[rows] @ g.T
         if query_keys is not None:
             block[excluded[chunk]] = float("-inf")
         # Stable sort of rows in gallery order implements the tie rule.

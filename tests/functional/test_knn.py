@@ -43,6 +43,24 @@ def test_scores_are_the_float32_cosine_similarities_in_ranking_order():
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())
 
 
+@pytest.mark.parametrize("caller", ["tf32", "ieee"])
+def test_float32_products_turn_tf32_off_on_gpus_and_restore_the_caller_s_setting(caller):
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = caller
+        with knn.float32_products(torch.device("cuda")):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == caller
+        with pytest.raises(RuntimeError, match="inside"), knn.float32_products(torch.device("cuda")):
+            raise RuntimeError("inside")
+        assert matmul.fp32_precision == caller
+        with knn.float32_products(torch.device("cpu")):
+            assert matmul.fp32_precision == caller
+    finally:
+        matmul.fp32_precision = before
+
+
 def test_the_ranking_does_not_depend_on_the_tiling():
     # Matrix products of other shapes may round the last bit differently, so scores are compared to 1e-6.
     x = random_points(203, seed=2)

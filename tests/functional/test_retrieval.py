@@ -142,6 +142,17 @@ def test_random_sets_equal_plain_loop_reference(mode, chunk_size):
         assert expected["num_skipped_queries"] > 0 and expected["num_singleton_queries"] > 0
 
 
+def test_autocast_does_not_round_the_similarities():
+    # Under CPU autocast a plain matrix product is bfloat16, which reorders near-ties; every metric stays exact.
+    x, labels, _ = random_set(n=300, classes=30, seed=4)
+    x = x.float()
+    expected = retrieval_metrics(x, labels, metrics=ALL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (x @ x.T).dtype == torch.bfloat16
+        out = retrieval_metrics(x, labels, metrics=ALL)
+    assert {name: value.item() for name, value in out.items()} == {name: value.item() for name, value in expected.items()}
+
+
 def test_per_query_scores_equal_torchmetrics_functional():
     x, labels, _ = random_set(n=40, classes=6, seed=2)
     x[7] = x[3]  # an exact duplicate
