@@ -126,7 +126,7 @@ def test_collapsed_embeddings_rank_by_position(chunk_size):
 
 def test_collapsed_embeddings_in_bounded_slices(monkeypatch):
     # When every group of a tile passes, candidates are taken a few rows at a time; the ranking is unchanged.
-    monkeypatch.setattr(knn, "_CANDIDATES_PER_SLICE", 64)
+    monkeypatch.setattr(knn, "_SLICES_PER_TILE", 16)
     x = torch.ones(300, 4)
     x[::7] = -1.0
     assert torch.equal(cosine_knn(x, 12, chunk_size=32)[1], brute_force(x, 12))
