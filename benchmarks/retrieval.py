@@ -22,7 +22,6 @@ import statistics
 import time
 
 import torch
-from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalRPrecision
 
 from lit_metric.metrics import RetrievalMetrics
@@ -54,6 +53,9 @@ def run_lit_metric(x: torch.Tensor, labels: torch.Tensor, num_queries: int | Non
 
 
 def run_pml(x: torch.Tensor, labels: torch.Tensor, num_queries: int | None) -> dict[str, float]:
+    # Imported here, so that retrieval_gpu.py can share this file's data on machines without pml and faiss.
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
     calculator = AccuracyCalculator(
         include=("precision_at_1", "mean_average_precision_at_r", "r_precision"), k="max_bin_count"
     )

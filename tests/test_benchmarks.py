@@ -33,3 +33,15 @@ def test_retrieval_benchmark_prints_all_three_methods_with_equal_scores():
     for row in rows:
         fastest, slowest = map(float, row[4].split("-"))
         assert fastest <= float(row[3]) <= slowest
+
+
+def test_gpu_retrieval_benchmark_runs_small_on_the_cpu():
+    out = run("retrieval_gpu.py", "--device", "cpu", "--exact-n", "300", "--n", "400", "--scale", "900",
+              "--queries", "50", "--repeats", "1")
+    assert "of 300 rankings (k = 49) equal float64's" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| 400 |") or line.startswith("| 900 |")]
+    assert [(row[1].strip(), row[2].strip(), row[3].strip()) for row in rows] == [
+        ("400", "all", "8192"), ("400", "all", "16384"), ("900", "50", "8192"), ("900", "all", "32768")
+    ]
+    # Leave-one-out scores do not depend on the tiling.
+    assert rows[0][6:] == rows[1][6:]
