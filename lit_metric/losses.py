@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lit_metric.functional.deviance import binomial_deviance, binomial_deviance_of_pairs, cosine_similarity
+from lit_metric.functional.deviance import (
+    binomial_deviance,
+    binomial_deviance_of_pairs,
+    check_parameters,
+    cosine_similarity,
+)
 from lit_metric.functional.pairs import Pairs
 
 __all__ = ["BinomialDevianceLoss"]
@@ -24,8 +29,7 @@ class BinomialDevianceLoss(nn.Module):
 
     def __init__(self, alpha: float = 2.0, beta: float = 0.5) -> None:
         super().__init__()
-        if not alpha > 0:
-            raise ValueError(f"`alpha` must be > 0, got {alpha}")
+        check_parameters(alpha, beta)
         self.alpha = alpha
         self.beta = beta
 

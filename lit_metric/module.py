@@ -95,11 +95,11 @@ class MetricLearningModule(L.LightningModule):
     @property
     def miner(self) -> PairMiner:
         """The :class:`PairMiner` among the trainer's callbacks, or the paper's all-pairs default."""
-        if self._trainer is not None:
-            for callback in self.trainer.callbacks:
-                if isinstance(callback, PairMiner):
-                    return callback
-        return self._default_miner
+        miners = [c for c in self.trainer.callbacks if isinstance(c, PairMiner)] if self._trainer is not None else []
+        if len(miners) > 1:
+            # Only one can build the pairs; silently using the first would ignore, e.g., a miner added on the command line.
+            raise ValueError(f"the trainer's callbacks must hold at most one PairMiner, got {len(miners)}")
+        return miners[0] if miners else self._default_miner
 
     def mine(
         self, similarity: Tensor, labels: Tensor, reference_labels: Tensor, anchor_index: Tensor
@@ -114,8 +114,12 @@ class MetricLearningModule(L.LightningModule):
         gradients over processes, so the factor ``world_size`` makes the applied gradient that of the sum. The
         logged ``train/loss`` is the global loss.
         """
-        labels = batch["label"]
-        embeddings = self.embed(batch["image"])
+        labels, images = batch["label"], batch["image"]
+        if labels.shape != (len(images),):
+            raise ValueError(
+                f"`batch['label']` must have shape ({len(images)},), one label per image, got {tuple(labels.shape)}"
+            )
+        embeddings = self.embed(images)
         reference, reference_labels, anchor_index = self.gather_reference(embeddings, labels)
         similarity = self.similarity(embeddings, reference)
         pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
@@ -148,7 +152,10 @@ class MetricLearningModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config = {"scheduler": scheduler}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.scheduler_monitor
+            # Stepped after the epochs that validate only: the monitored metric exists then, and a misspelt monitor
+            # still fails loudly.
+            every = self.trainer.check_val_every_n_epoch if self._trainer is not None else None
+            config.update(monitor=self.scheduler_monitor, frequency=every or 1)
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def _update_metrics(self, metrics: RetrievalMetrics, batch: dict[str, Tensor]) -> Tensor:

@@ -51,5 +51,8 @@ class ConvEmbedder(nn.Module):
             raise ValueError(
                 f"`images` must have shape (N, {self.in_channels}, H, W), got shape {tuple(images.shape)}"
             )
+        dtype = self.head[-1].weight.dtype
+        if images.dtype != dtype:
+            raise ValueError(f"`images` must have the network's dtype {dtype}, got {images.dtype}")
         features = self.features(images)
         return self.head(torch.flatten(features.mean(dim=(2, 3), keepdim=True), 1))

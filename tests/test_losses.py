@@ -74,6 +74,15 @@ def test_one_optimizer_step_lowers_the_loss():
     assert after < before
 
 
-def test_alpha_must_be_positive():
-    with pytest.raises(ValueError, match="`alpha` must be > 0, got 0"):
-        BinomialDevianceLoss(alpha=0)
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"alpha": 0}, "`alpha` must be a finite number > 0, got 0"),
+        # An infinite alpha times the 0 of pairs that do not count would make the loss NaN.
+        ({"alpha": float("inf")}, "`alpha` must be a finite number > 0, got inf"),
+        ({"beta": float("nan")}, "`beta` must be a finite number, got nan"),
+    ],
+)
+def test_alpha_and_beta_must_be_finite_and_alpha_positive(settings, match):
+    with pytest.raises(ValueError, match=match):
+        BinomialDevianceLoss(**settings)

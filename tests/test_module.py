@@ -140,6 +140,37 @@ def test_a_plateau_scheduler_watches_the_configured_metric():
     assert module.configure_optimizers()["lr_scheduler"]["monitor"] == "val/recall@1"
 
 
+def test_a_plateau_scheduler_steps_after_the_epochs_that_validate():
+    module = tiny_module(scheduler=lambda optimizer: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer))
+    batch = tiny_batch()
+    trainer = tiny_trainer(max_epochs=4, check_val_every_n_epoch=2)
+    trainer.fit(module, loader(batch), loader(batch))
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+
+
+def test_two_miner_callbacks_are_refused():
+    trainer = tiny_trainer(callbacks=[PairMiner(), PairMiner(strategy="hard")], max_steps=1)
+    with pytest.raises(ValueError, match="at most one PairMiner, got 2"):
+        trainer.fit(tiny_module(), loader(tiny_batch()))
+
+
+@pytest.mark.parametrize("labels", [torch.arange(12).view(12, 1), torch.arange(11)])
+def test_a_batch_needs_one_label_per_image(labels):
+    batch = {**tiny_batch(), "label": labels}
+    with pytest.raises(ValueError, match=r"`batch\['label'\]` must have shape \(12,\), one label per image"):
+        tiny_module().training_step(batch, 0)
+
+
+def test_a_checkpoint_of_a_module_built_in_python_loads_with_its_objects(tmp_path):
+    module = tiny_module(criterion=BinomialDevianceLoss(alpha=3.0))
+    trainer = tiny_trainer(max_steps=1, enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer.fit(module, loader(tiny_batch()))
+    loaded = MetricLearningModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    assert loaded.criterion.alpha == 3.0
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value)
+
+
 class DotProductModule(MetricLearningModule):
     """A user's subclass that changes one thing: the similarity, to a scaled dot product."""
 

@@ -17,6 +17,12 @@ def test_wrong_image_shape_is_named():
         ConvEmbedder(in_channels=1)(torch.rand(5, 3, 8, 8))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float64])
+def test_images_of_another_dtype_than_the_weights_are_named(dtype):
+    with pytest.raises(ValueError, match=f"`images` must have the network's dtype torch.float32, got {dtype}"):
+        ConvEmbedder()(torch.zeros(2, 1, 8, 8, dtype=dtype))
+
+
 def test_channels_must_name_a_block():
     with pytest.raises(ValueError, match="`channels` must name at least one block"):
         ConvEmbedder(channels=())

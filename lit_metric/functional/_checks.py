@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -45,3 +47,11 @@ def check_choice(name: str, value: str, choices: tuple[str, ...], where: str = "
     """``value`` is one of ``choices``; ``where`` locates the argument in the message, e.g. a schedule entry."""
     if value not in choices:
         raise ValueError(f"`{name}`{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_real(name: str, value: object, positive: bool = False, where: str = "") -> None:
+    """``value`` is a finite real number (not a bool), ``> 0`` if ``positive``; ``where`` locates the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        positive and value <= 0
+    ):
+        raise ValueError(f"`{name}`{where} must be a finite number{' > 0' if positive else ''}, got {value!r}")

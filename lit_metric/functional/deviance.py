@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from lit_metric.functional._blocks import row_blocks
-from lit_metric.functional._checks import check_finite, check_floating, check_matrix
+from lit_metric.functional._checks import check_finite, check_floating, check_matrix, check_real
 from lit_metric.functional.pairs import Pairs
 
 __all__ = ["binomial_deviance", "binomial_deviance_of_pairs", "cosine_similarity"]
@@ -83,7 +83,7 @@ def binomial_deviance(
         Scalar loss in the computation dtype (float32 for half-precision inputs).
     """
     if validate_args:
-        _check_deviance_args(similarity, m, w, alpha)
+        _check_deviance_args(similarity, m, w, alpha, beta)
     return _BinomialDeviance.apply(similarity, m, w, None, float(alpha), float(beta))
 
 
@@ -105,7 +105,7 @@ def binomial_deviance_of_pairs(
         Scalar loss in the computation dtype (float32 for half-precision inputs).
     """
     if validate_args:
-        _check_similarity(similarity, alpha)
+        _check_similarity(similarity, alpha, beta)
         if not isinstance(pairs, Pairs):
             raise ValueError(f"`pairs` must be a lit_metric.functional.Pairs, got {type(pairs).__name__}")
         pairs.check(similarity)
@@ -189,14 +189,20 @@ def _margin(similarity: Tensor, m: Tensor, alpha: float, beta: float, dtype: tor
     return (similarity.to(dtype) - beta).mul_(m).mul_(-alpha)
 
 
-def _check_similarity(similarity: Tensor, alpha: float) -> None:
-    if not alpha > 0:
-        raise ValueError(f"`alpha` must be > 0, got {alpha}")
+def check_parameters(alpha: float, beta: float) -> None:
+    """``alpha`` is a finite number ``> 0`` and ``beta`` a finite number: an infinite ``alpha`` times the ``0`` of
+    pairs that do not count would make the loss NaN."""
+    check_real("alpha", alpha, positive=True)
+    check_real("beta", beta)
+
+
+def _check_similarity(similarity: Tensor, alpha: float, beta: float) -> None:
+    check_parameters(alpha, beta)
     check_matrix("similarity", similarity, "(B, R)")
 
 
-def _check_deviance_args(similarity: Tensor, m: Tensor, w: Tensor, alpha: float) -> None:
-    _check_similarity(similarity, alpha)
+def _check_deviance_args(similarity: Tensor, m: Tensor, w: Tensor, alpha: float, beta: float) -> None:
+    _check_similarity(similarity, alpha, beta)
     for name, x in (("m", m), ("w", w)):
         check_floating(name, x)
         if x.shape != similarity.shape:

@@ -167,8 +167,12 @@ def valid():
         ({"m": torch.full((3, 4), float("nan"))}, "`m` must be finite"),
         ({"similarity": torch.full((3, 4), float("-inf"))}, "`similarity` must be finite"),
         ({"similarity": torch.rand(0, 4), "m": torch.ones(0, 4), "w": torch.ones(0, 4)}, "must not be empty"),
-        ({"alpha": 0.0}, "`alpha` must be > 0"),
-        ({"alpha": -1.0}, "`alpha` must be > 0"),
+        ({"alpha": 0.0}, "`alpha` must be a finite number > 0, got 0.0"),
+        ({"alpha": -1.0}, "`alpha` must be a finite number > 0"),
+        ({"alpha": float("inf")}, "`alpha` must be a finite number > 0, got inf"),
+        ({"alpha": "2"}, "`alpha` must be a finite number > 0, got '2'"),
+        ({"beta": float("nan")}, "`beta` must be a finite number, got nan"),
+        ({"beta": float("-inf")}, "`beta` must be a finite number"),
     ],
 )
 def test_invalid_arguments_are_named(replace, match):
