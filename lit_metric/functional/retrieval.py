@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lit_metric.functional.knn import cosine_knn, equal_key_pairs, float32_products, normalize
@@ -60,16 +61,19 @@ def cosine_average_precision(
     Returns:
         ``(N_q,)`` float64 average precision; NaN for a query without a relevant gallery item.
     """
-    q, g = normalize(queries), normalize(gallery)
-    rows_per_chunk = max(1, chunk_size * chunk_size // (16 * len(g)))
-    ranks = torch.arange(1, len(g) + 1, device=q.device, dtype=torch.float64)
+    # Zero rows pad the gallery to a multiple of 8, as cosine_knn pads its tiles: products of other widths can round
+    # exact duplicates apart, which would break the tie rule.
+    q, g = normalize(queries), F.pad(normalize(gallery), (0, 0, 0, -len(gallery) % 8))
+    gallery_size = len(gallery)
+    rows_per_chunk = max(1, chunk_size * chunk_size // (16 * gallery_size))
+    ranks = torch.arange(1, gallery_size + 1, device=q.device, dtype=torch.float64)
     if query_keys is not None:
         excluded = equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
     out = [torch.empty(0, dtype=torch.float64, device=q.device)]
     for chunk, i in enumerate(range(0, len(q), rows_per_chunk)):
         rows = slice(i, i + rows_per_chunk)
         with float32_products(q.device):
-            block = q[rows] @ g.T
+            block = (q[rows] @ g.T)[:, :gallery_size]
         if query_keys is not None:
             block[excluded[chunk]] = float("-inf")
         # Stable sort of rows in gallery order implements the tie rule.

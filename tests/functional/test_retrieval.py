@@ -13,6 +13,7 @@ from torchmetrics.functional.retrieval import (
 
 from lit_metric.functional.knn import cosine_knn
 from lit_metric.functional.retrieval import (
+    cosine_average_precision,
     hit_rate_at_k,
     map_at_r,
     precision_at_k,
@@ -151,6 +152,26 @@ def test_autocast_does_not_round_the_similarities():
         assert (x @ x.T).dtype == torch.bfloat16
         out = retrieval_metrics(x, labels, metrics=ALL)
     assert {name: value.item() for name, value in out.items()} == {name: value.item() for name, value in expected.items()}
+
+
+@pytest.mark.parametrize("chunk_size", [16, 8192])
+@pytest.mark.parametrize("queries", [3, 90])
+def test_full_ranking_average_precision_ranks_exact_duplicates_by_position(chunk_size, queries):
+    # 90 copies of 6 vectors: every similarity ties with others. Products of some shapes round duplicates apart, which
+    # must not reorder them; the reference is the search's ranking, ties by position.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 64, generator=g)[torch.randint(6, (90,), generator=g)]
+    labels = torch.randint(4, (90,), generator=g)
+    gallery = slice(None) if queries == 90 else slice(queries, None)
+    keys = torch.arange(90)
+    _, neighbours = cosine_knn(x[:queries], len(x[gallery]) - (queries == 90), x[gallery], keys[:queries], keys[gallery])
+    match = labels[gallery][neighbours] == labels[:queries, None]
+    ranks = torch.arange(1, match.shape[1] + 1, dtype=torch.float64)
+    expected = (match.cumsum(1) / ranks * match).sum(1) / match.sum(1)
+    ap = cosine_average_precision(
+        x[:queries], labels[:queries], x[gallery], labels[gallery], keys[:queries], keys[gallery], chunk_size
+    )
+    torch.testing.assert_close(ap, expected, rtol=0, atol=1e-12, equal_nan=True)
 
 
 def test_per_query_scores_equal_torchmetrics_functional():
