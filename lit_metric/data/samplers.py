@@ -63,11 +63,12 @@ class PKSampler(DistributedSampler):
     iterated, not when it is built: a sampler built before Lightning starts its processes (a ``DataLoader`` passed to
     ``Trainer.fit`` under ``ddp`` or ``ddp_spawn``) still shards by the processes it ends up in.
 
-    Within an epoch, every sample is used at most once (unless ``replacement``, which may also repeat a sample on two
-    ranks). Every epoch has the same number of batches, the most that the classes' groups of K can fill with P
-    distinct classes each; samples of a class that do not fill a group of K, the few groups over, and the last
-    batches that cannot go one to every rank are left out of that epoch: the documented ``drop_last`` that keeps
-    every rank's batches full and equal in number, so no rank waits at a collective for a batch that never comes.
+    Within an epoch, every sample is used at most once, but for the repeats that ``replacement`` pads a class of
+    fewer than K samples with, all within that class's one batch. Every epoch has the same number of batches, the
+    most that the classes' groups of K can fill with P distinct classes each; samples of a class that do not fill a
+    group of K, the few groups over, and the last batches that cannot go one to every rank are left out of that
+    epoch: the documented ``drop_last`` that keeps every rank's batches full and equal in number, so no rank waits
+    at a collective for a batch that never comes.
 
     Args:
         labels: the class of every dataset item, in dataset order.
@@ -76,7 +77,8 @@ class PKSampler(DistributedSampler):
         num_replicas: number of processes; defaults to the world size of the process group at iteration, or 1.
         rank: this process's rank; defaults to the rank in the process group at iteration, or 0.
         seed: seed of the shuffle, shared by all processes.
-        replacement: draw with replacement within a class, so that classes with fewer than K samples can be used.
+        replacement: pad classes with fewer than K samples with repeats of their own samples, so that they can be
+            used; classes of K samples or more are drawn without repeats all the same.
     """
 
     def __init__(
@@ -159,13 +161,13 @@ class PKSampler(DistributedSampler):
         return batches[: per_rank * self.num_replicas]
 
     def _class_groups(self, members: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        """A class's samples shuffled into groups of K (drawn with replacement if ``replacement``)."""
+        """A class's samples shuffled into groups of K; a class of fewer than K samples, which only ``replacement``
+        allows, is one group of all its samples padded with random repeats of them."""
         k = self.samples_per_class
-        if self.replacement:
-            picks = members[torch.randint(len(members), (self._groups_per_class(len(members)) * k,), generator=generator)]
-        else:
-            picks = members[torch.randperm(len(members), generator=generator)][: len(members) // k * k]
-        return list(picks.view(-1, k))
+        picks = members[torch.randperm(len(members), generator=generator)]
+        if len(picks) < k:
+            picks = torch.cat([picks, picks[torch.randint(len(picks), (k - len(picks),), generator=generator)]])
+        return list(picks[: len(picks) // k * k].view(-1, k))
 
     def _groups_per_class(self, size: int) -> int:
         k = self.samples_per_class

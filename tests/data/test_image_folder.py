@@ -2,8 +2,10 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule
 from lit_metric.data.transforms import Normalize, RandomAugment, load_image
@@ -135,6 +137,29 @@ def test_root_comes_from_the_environment_variable_when_not_given(orl_faces, monk
     assert datamodule.hparams.root == str(orl_faces)
 
 
+def write_16_bit_ramp(path):
+    """An 8x8 ramp of 64 levels over the whole 16-bit range, as a PNG or a binary PGM of maxval 65535."""
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    if path.suffix == ".pgm":
+        path.write_bytes(b"P5\n8 8\n65535\n" + ramp.astype(">u2").tobytes())
+    else:
+        Image.fromarray(ramp).save(path)
+    return ramp
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pgm"])
+def test_16_bit_images_are_rescaled_to_8_bits_keeping_their_levels(tmp_path, suffix):
+    path = tmp_path / f"ramp{suffix}"
+    ramp = write_16_bit_ramp(path)
+    image = ImageFileDataset([path], [0])[0]["image"]
+    assert image.shape == (1, 8, 8)
+    assert image.unique().numel() == 64
+    assert bool((image.flatten().diff() > 0).all())
+    eight_bit = torch.from_numpy(np.rint(ramp / 257)).float() / 255
+    assert torch.allclose(image[0], eight_bit, atol=1 / 255)
+    assert torch.equal(load_image(path, channels=3), load_image(path).expand(3, -1, -1))
+
+
 def test_random_augment_keeps_shape_and_range():
     torch.manual_seed(0)
     image = torch.rand(3, 20, 16)
@@ -227,6 +252,20 @@ def test_images_of_different_sizes_need_image_size(mixed_folder):
     datamodule = ImageFolderDataModule(root=str(mixed_folder), **SMALL_BATCHES)
     with pytest.raises(ValueError, match=r"is \(11, 8\) \(H, W\) but .* is \(10, 8\); set `image_size`"):
         datamodule.setup("fit")
+
+
+def test_floating_point_images_are_rejected_for_lack_of_a_standard_range(tmp_path):
+    path = tmp_path / "depth.tiff"
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(path)
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image '{path}': its pixels are floating point (PIL mode 'F')")):
+        load_image(path)
+
+
+def test_32_bit_images_beyond_the_16_bit_range_are_rejected(tmp_path):
+    path = tmp_path / "counts.tiff"
+    Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)).save(path)
+    with pytest.raises(ValueError, match=re.escape("its pixels (PIL mode 'I') must be in [0, 65535], got [70000, 70000]")):
+        load_image(path)
 
 
 def test_dataset_rejects_labels_that_do_not_match_the_files(orl_faces):

@@ -73,6 +73,39 @@ def test_with_replacement_a_class_smaller_than_k_is_drawn_with_repeats():
     assert torch.unique(LABELS[batch], return_counts=True)[1].tolist() == [7] * 7
 
 
+def test_with_replacement_no_sample_of_a_class_of_at_least_k_is_used_twice_in_an_epoch():
+    labels = torch.arange(50).repeat_interleave(17)
+    sampler = PKSampler(labels, classes_per_batch=16, samples_per_class=4, replacement=True)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        used = list(sampler)
+        # 4 groups of K from each of the 50 classes fill 12 batches of 16 classes.
+        assert len(used) == len(set(used)) == 12 * 16 * 4
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_with_replacement_classes_of_at_least_k_samples_are_drawn_as_without_it(world_size):
+    for epoch in range(3):
+        assert shards(world_size, epoch, replacement=True) == shards(world_size, epoch, replacement=False)
+
+
+def test_with_replacement_a_class_smaller_than_k_fills_its_k_slots_with_all_its_own_samples():
+    labels = torch.cat([LABELS, torch.full((3,), 7)])
+    small = set(torch.nonzero(labels == 7).flatten().tolist())
+    sampler = PKSampler(labels, classes_per_batch=3, samples_per_class=4, replacement=True)
+    batches_with_the_small_class = 0
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        for batch in rank_batches(sampler):
+            picks = [index for index in batch if labels[index] == 7]
+            others = [index for index in batch if labels[index] != 7]
+            assert len(others) == len(set(others))
+            if picks:
+                assert len(picks) == 4 and set(picks) == small
+                batches_with_the_small_class += 1
+    assert batches_with_the_small_class > 0
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
