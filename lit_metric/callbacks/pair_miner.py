@@ -3,7 +3,6 @@ training batch, logs what it kept, and changes its settings by epoch."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning as L
@@ -12,7 +11,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lit_metric.functional._blocks import row_blocks
-from lit_metric.functional._checks import check_choice, check_positive_int
+from lit_metric.functional._checks import check_choice, check_positive_int, check_real
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
@@ -60,6 +59,9 @@ class PairMiner(L.Callback):
         negatives_per_anchor: ``k`` of the ``"topk_negatives"`` strategy.
         schedule: changes of settings by epoch, e.g. ``[{"epoch": 5, "strategy": "hard"}]``. From each entry's
             epoch on, its settings replace the ones before; settings it does not name carry over.
+
+    A setting assigned after construction (``miner.strategy = "hard"``) is checked like the constructor's arguments
+    and becomes the base that the schedule changes from.
     """
 
     def __init__(
@@ -72,15 +74,21 @@ class PairMiner(L.Callback):
         schedule: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
+        self._base_settings: dict[str, Any] = {}
         self.strategy = strategy
         self.weighting = weighting
         self.negative_cost = negative_cost
         self.margin = margin
         self.negatives_per_anchor = negatives_per_anchor
-        _check_settings(self.settings, "")
         self.schedule = _checked_schedule(schedule)
-        self._initial_settings = self.settings
         self.statistics: dict[str, Tensor] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Kept apart from the scheduled values, so that every fit, resumed or not, starts from what the user set.
+        if name in _SETTINGS:
+            _check_settings({name: value}, "")
+            self._base_settings[name] = value
+        super().__setattr__(name, value)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -88,16 +96,16 @@ class PairMiner(L.Callback):
         return {name: getattr(self, name) for name in _SETTINGS}
 
     def settings_at(self, epoch: int) -> dict[str, Any]:
-        """The settings that :attr:`schedule` gives for ``epoch``, starting from the constructor's."""
-        settings = dict(self._initial_settings)
+        """The settings that :attr:`schedule` gives for ``epoch``, from the ones set at construction or by hand."""
+        settings = dict(self._base_settings)
         for entry in self.schedule:
             if entry["epoch"] <= epoch:
                 settings.update({name: value for name, value in entry.items() if name != "epoch"})
         return settings
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for name, value in self.settings_at(trainer.current_epoch).items():
-            setattr(self, name, value)
+        # Past `__setattr__`: the schedule's values are checked already and must not replace the base settings.
+        vars(self).update(self.settings_at(trainer.current_epoch))
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -191,23 +199,29 @@ def _check_settings(settings: dict[str, Any], where: str) -> None:
     for name, choices in (("strategy", STRATEGIES), ("weighting", WEIGHTINGS)):
         if name in settings:
             check_choice(name, settings[name], choices, where)
-    if "negative_cost" in settings and not settings["negative_cost"] > 0:
-        raise ValueError(f"`negative_cost`{where} must be > 0, got {settings['negative_cost']}")
-    if "margin" in settings and not math.isfinite(settings["margin"]):
-        raise ValueError(f"`margin`{where} must be a finite number, got {settings['margin']}")
+    if "negative_cost" in settings:
+        check_real("negative_cost", settings["negative_cost"], positive=True, where=where)
+    if "margin" in settings:
+        check_real("margin", settings["margin"], where=where)
     if "negatives_per_anchor" in settings:
         check_positive_int("negatives_per_anchor", settings["negatives_per_anchor"], where)
 
 
 def _checked_schedule(schedule: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """The schedule's entries sorted by epoch, each checked like the constructor's arguments."""
+    if schedule is None:
+        return []
+    if not isinstance(schedule, list):
+        raise ValueError(f"`schedule` must be a list of dicts, got {type(schedule).__name__}")
     entries = []
-    for position, entry in enumerate(schedule or []):
+    for position, entry in enumerate(schedule):
+        if not isinstance(entry, dict):
+            raise ValueError(f"`schedule[{position}]` must be a dict with an `epoch`, got {entry!r}")
         where = f" in `schedule[{position}]`"
         epoch = entry.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"`epoch`{where} must be an integer >= 0, got {epoch!r}")
-        unknown = sorted(set(entry) - {"epoch", *_SETTINGS})
+        unknown = sorted(set(entry) - {"epoch", *_SETTINGS}, key=str)
         if unknown:
             raise ValueError(f"`schedule[{position}]` has unknown settings {unknown}; expected some of {list(_SETTINGS)}")
         _check_settings(entry, where)

@@ -4,6 +4,7 @@ configuration and mixed precision."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import jsonargparse
 import lightning as L
@@ -58,8 +59,13 @@ class SettingsRecorder(L.Callback):
     [
         (dict(strategy="semi-hard"), r"`strategy` must be one of 'all', 'hard', 'topk_negatives', got 'semi-hard'"),
         (dict(weighting="mean"), r"`weighting` must be one of 'balanced', 'per_anchor', 'uniform', got 'mean'"),
-        (dict(negative_cost=0.0), r"`negative_cost` must be > 0, got 0.0"),
+        (dict(strategy=None), r"`strategy` must be one of 'all', 'hard', 'topk_negatives', got None"),
+        (dict(negative_cost=0.0), r"`negative_cost` must be a finite number > 0, got 0.0"),
+        (dict(negative_cost=math.inf), r"`negative_cost` must be a finite number > 0, got inf"),
+        (dict(negative_cost=True), r"`negative_cost` must be a finite number > 0, got True"),
         (dict(margin=math.nan), r"`margin` must be a finite number, got nan"),
+        (dict(margin=-math.inf), r"`margin` must be a finite number, got -inf"),
+        (dict(margin="0.1"), r"`margin` must be a finite number, got '0.1'"),
         (dict(negatives_per_anchor=0), r"`negatives_per_anchor` must be a positive integer, got 0"),
         (
             dict(schedule=[{"epoch": 3, "negatives_per_anchor": 2.5}]),
@@ -80,6 +86,48 @@ class SettingsRecorder(L.Callback):
 def test_invalid_settings_are_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PairMiner(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ({"epoch": 3, "strategy": "hard"}, r"`schedule` must be a list of dicts, got dict"),
+        (["epoch 3"], r"`schedule\[0\]` must be a dict with an `epoch`, got 'epoch 3'"),
+        ([{"epoch": "5"}], r"`epoch` in `schedule\[0\]` must be an integer >= 0, got '5'"),
+        ([{"epoch": True}], r"`epoch` in `schedule\[0\]` must be an integer >= 0, got True"),
+        (
+            [{"epoch": 5, "negative_cost": "1O"}],
+            r"`negative_cost` in `schedule\[0\]` must be a finite number > 0, got '1O'",
+        ),
+        (
+            [{"epoch": 1}, {"epoch": 5, "negative_cost": math.inf}],
+            r"`negative_cost` in `schedule\[1\]` must be a finite number > 0, got inf",
+        ),
+        ([{"epoch": 5, "margin": ".1O"}], r"`margin` in `schedule\[0\]` must be a finite number, got '.1O'"),
+        ([{"epoch": 5, "margin": math.nan}], r"`margin` in `schedule\[0\]` must be a finite number, got nan"),
+        (
+            [{"epoch": 5, "strategy": None}],
+            r"`strategy` in `schedule\[0\]` must be one of 'all', 'hard', 'topk_negatives', got None",
+        ),
+    ],
+)
+def test_a_schedule_that_is_not_a_list_of_valid_entries_is_a_value_error_naming_the_entry(schedule, message):
+    with pytest.raises(ValueError, match=message):
+        PairMiner(schedule=schedule)
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("strategy", "hardest", r"`strategy` must be one of 'all', 'hard', 'topk_negatives', got 'hardest'"),
+        ("negative_cost", math.inf, r"`negative_cost` must be a finite number > 0, got inf"),
+        ("negatives_per_anchor", 2.5, r"`negatives_per_anchor` must be a positive integer, got 2.5"),
+    ],
+)
+def test_a_setting_assigned_by_hand_is_checked_like_the_constructors(name, value, message):
+    miner = PairMiner()
+    with pytest.raises(ValueError, match=message):
+        setattr(miner, name, value)
 
 
 def test_anchor_index_of_the_wrong_shape_is_a_value_error():
@@ -112,6 +160,34 @@ def test_the_schedule_changes_the_settings_at_the_start_of_each_epoch():
     assert [settings["negatives_per_anchor"] for settings in recorder.per_epoch] == [10, 10, 3]
 
 
+def test_settings_assigned_before_fitting_are_the_base_that_the_schedule_changes_from():
+    miner = PairMiner(schedule=[{"epoch": 1, "strategy": "topk_negatives"}])
+    miner.strategy, miner.margin = "hard", 0.3
+    recorder = SettingsRecorder(miner)
+    trainer(callbacks=[miner, recorder], max_epochs=2).fit(module(), loader(*batch()))
+    assert [settings["strategy"] for settings in recorder.per_epoch] == ["hard", "topk_negatives"]
+    assert [settings["margin"] for settings in recorder.per_epoch] == [0.3, 0.3]
+    assert miner.settings_at(0)["strategy"] == "hard"
+
+
+def test_fitting_again_starts_from_the_base_settings_not_the_last_scheduled_ones():
+    miner = PairMiner(schedule=[{"epoch": 1, "strategy": "hard"}])
+    trainer(callbacks=[miner], max_epochs=2).fit(module(), loader(*batch()))
+    assert miner.strategy == "hard"
+    recorder = SettingsRecorder(miner)
+    trainer(callbacks=[miner, recorder], max_epochs=1).fit(module(), loader(*batch()))
+    assert [settings["strategy"] for settings in recorder.per_epoch] == ["all"]
+
+
+def test_resuming_at_an_epoch_applies_the_base_settings_and_every_schedule_entry_up_to_it():
+    # A fit resumed from a checkpoint starts its first epoch with the restored `current_epoch`; a fresh miner
+    # configured as before must then hold what the uninterrupted fit held.
+    miner = PairMiner(schedule=[{"epoch": 1, "strategy": "hard"}, {"epoch": 3, "negatives_per_anchor": 3}])
+    miner.margin = 0.3
+    miner.on_train_epoch_start(SimpleNamespace(current_epoch=2), module())
+    assert miner.settings == {**PairMiner().settings, "strategy": "hard", "margin": 0.3}
+
+
 def test_the_miner_is_configured_from_yaml_with_a_schedule():
     parser = jsonargparse.ArgumentParser()
     parser.add_class_arguments(PairMiner, "miner")
@@ -120,6 +196,21 @@ def test_the_miner_is_configured_from_yaml_with_a_schedule():
     )
     miner = parser.instantiate_classes(config).miner
     assert miner.negative_cost == 25 and miner.settings_at(5)["strategy"] == "hard"
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("{epoch: 5, negative_cost: 1O}", r"`negative_cost` in `schedule\[0\]` must be a finite number > 0, got '1O'"),
+        ("{epoch: 5, margin: .1O}", r"`margin` in `schedule\[0\]` must be a finite number, got '.1O'"),
+    ],
+)
+def test_a_typo_in_a_yaml_schedule_value_is_a_value_error_naming_the_entry(entry, message):
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(PairMiner, "miner")
+    config = parser.parse_string(f"miner:\n  schedule:\n    - {entry}\n")
+    with pytest.raises(ValueError, match=message):
+        parser.instantiate_classes(config)
 
 
 def test_a_misspelt_strategy_in_yaml_is_rejected_with_the_choices():
