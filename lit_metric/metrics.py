@@ -16,8 +16,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_metric.functional._checks import check_finite, check_floating, check_positive_int, describe
-from lit_metric.functional.retrieval import check_options, first_occurrences, resolve_roles, retrieval_metrics
+from lit_metric.functional._checks import check_positive_int
+from lit_metric.functional.retrieval import (
+    check_items,
+    check_options,
+    first_occurrences,
+    resolve_roles,
+    retrieval_metrics,
+)
 
 __all__ = ["RetrievalMetrics"]
 
@@ -61,6 +67,7 @@ class RetrievalMetrics(Metric):
         self.chunk_size = chunk_size
         for name in ("embeddings", "labels", "indexes", "is_query", "is_gallery", "cameras"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._roles_given: bool | None = None
 
     def update(
         self,
@@ -83,7 +90,12 @@ class RetrievalMetrics(Metric):
             cameras: ``(N,)`` non-negative integer camera ids; gallery items of the query's label and camera
                 are then excluded. Give them in every update or in none.
         """
-        _check_update(embeddings, labels, indexes, is_query, is_gallery, cameras)
+        check_items(embeddings, labels, indexes, is_query, is_gallery, cameras)
+        roles_given = is_query is not None or is_gallery is not None
+        if self._roles_given is not None and roles_given != self._roles_given:
+            # Unflagged items would silently become queries and gallery items at once next to flagged ones.
+            raise ValueError("`is_query` or `is_gallery` must be given in every update or in none, got a mix")
+        self._roles_given = roles_given
         if self.embeddings and self.embeddings[0].shape[1] != embeddings.shape[1]:
             raise ValueError(
                 f"`embeddings` must keep the dimension of earlier updates ({self.embeddings[0].shape[1]}), "
@@ -107,8 +119,14 @@ class RetrievalMetrics(Metric):
         indexes = _concatenated(self.indexes)
         first = first_occurrences(indexes)
         positions = torch.arange(len(indexes), device=indexes.device)
-        # Items already unique and in index order (one process, no padding) need no gather: it would copy them all.
-        pick = _concatenated if torch.equal(first, positions) else (lambda states: _concatenated(states)[first])
+        unique = torch.equal(first, positions)
+        if not unique:
+            self._check_copies(indexes, first)
+
+        def pick(states: list[Tensor] | Tensor) -> Tensor:
+            # Items already unique and in index order (one process, no padding) need no gather: it would copy them all.
+            return _concatenated(states) if unique else _concatenated(states)[first]
+
         cameras = pick(self.cameras)
         with_cameras = cameras != _NO_CAMERA
         if with_cameras.any() and not with_cameras.all():
@@ -124,41 +142,27 @@ class RetrievalMetrics(Metric):
             self.chunk_size,
         )
 
+    def reset(self) -> None:
+        super().reset()
+        self._roles_given = None
+
+    def _check_copies(self, indexes: Tensor, first: Tensor) -> None:
+        """Items with equal index must be copies, as DistributedSampler pads them in: colliding indexes of different
+        items would otherwise silently drop all but one of them."""
+        copy_of = first[torch.unique(indexes, return_inverse=True)[1]]
+        for name in ("labels", "is_query", "is_gallery", "cameras"):
+            values = _concatenated(getattr(self, name))
+            differs = values[copy_of] != values
+            if differs.any():
+                index = int(indexes[differs.nonzero()[0, 0]])
+                raise ValueError(
+                    f"items with equal `indexes` must be copies of one item, got two with index {index} and different "
+                    f"`{name}`"
+                )
+
 
 def _concatenated(states: list[Tensor] | Tensor) -> Tensor:
     """A list state as one tensor; a single tensor (one update, or synced) is returned without a copy."""
     if isinstance(states, Tensor):
         return states
     return states[0] if len(states) == 1 else torch.cat(states)
-
-
-def _check_update(
-    embeddings: Tensor,
-    labels: Tensor,
-    indexes: Tensor,
-    is_query: Tensor | None,
-    is_gallery: Tensor | None,
-    cameras: Tensor | None,
-) -> None:
-    check_floating("embeddings", embeddings)
-    if embeddings.ndim != 2:
-        raise ValueError(f"`embeddings` must have shape (N, D), got shape {tuple(embeddings.shape)}")
-    if embeddings.numel():
-        check_finite("embeddings", embeddings)
-    n = len(embeddings)
-    for name, x, kind in (
-        ("labels", labels, "integer"),
-        ("indexes", indexes, "integer"),
-        ("is_query", is_query, "bool"),
-        ("is_gallery", is_gallery, "bool"),
-        ("cameras", cameras, "integer"),
-    ):
-        if x is None and name not in ("labels", "indexes"):
-            continue
-        if not isinstance(x, Tensor) or (x.dtype == torch.bool) != (kind == "bool") or x.is_floating_point():
-            raise ValueError(f"`{name}` must be a {kind} tensor, got {describe(x)}")
-        if x.shape != (n,):
-            raise ValueError(f"`{name}` must have shape ({n},) to match `embeddings`, got shape {tuple(x.shape)}")
-    if cameras is not None and bool((cameras < 0).any()):
-        raise ValueError("`cameras` must be non-negative camera ids, found a negative value")
-

@@ -109,6 +109,12 @@ class EmbeddingIndex:
         path = Path(checkpoint_path)
         if not path.is_file():
             raise FileNotFoundError(f"`checkpoint_path` {str(path)!r} does not exist or is not a file")
+        if not isinstance(gallery, Tensor) and (labels is not None or paths is not None):
+            # A data set, loader or file brings its own labels and paths; ignoring the given ones would be silent.
+            raise ValueError(
+                "`labels` and `paths` are for a gallery of image tensors; a data set, data loader or file gallery "
+                f"carries its own, got a {type(gallery).__name__} gallery"
+            )
         model = module_class.load_from_checkpoint(path, map_location=map_location)
         if isinstance(gallery, (str, Path)):
             export = load_embeddings(gallery)

@@ -69,12 +69,12 @@ def test_keys_are_log_names():
     [
         ({"embeddings": torch.randn(4, 3, dtype=torch.float64).long()}, r"`embeddings` must be a floating-point"),
         ({"embeddings": [[0.0, 1.0]] * 4}, r"`embeddings` must be a torch.Tensor, got list"),
-        ({"labels": [0, 1, 1, 0]}, r"`labels` must be a integer tensor, got list"),
+        ({"labels": [0, 1, 1, 0]}, r"`labels` must be an integer tensor, got list"),
         ({"embeddings": torch.randn(4)}, r"`embeddings` must have shape \(N, D\)"),
         ({"embeddings": torch.tensor([[0.0, float("nan")]] * 4)}, "`embeddings` must be finite"),
         ({"embeddings": torch.tensor([[0.0, float("inf")]] * 4)}, "`embeddings` must be finite"),
         ({"labels": torch.tensor([0, 1, 1])}, r"`labels` must have shape \(4,\) to match `embeddings`"),
-        ({"labels": torch.tensor([0.0, 1, 1, 0])}, "`labels` must be a integer tensor"),
+        ({"labels": torch.tensor([0.0, 1, 1, 0])}, "`labels` must be an integer tensor"),
         ({"indexes": torch.arange(5)}, r"`indexes` must have shape \(4,\)"),
         ({"is_query": torch.tensor([1, 0, 0, 1])}, "`is_query` must be a bool tensor"),
         ({"is_gallery": torch.ones(3, dtype=torch.bool)}, r"`is_gallery` must have shape \(4,\)"),
@@ -85,6 +85,27 @@ def test_update_rejects_bad_input(kwargs, message):
     args = {"embeddings": torch.randn(4, 2), "labels": torch.tensor([0, 0, 1, 1]), "indexes": torch.arange(4)}
     with pytest.raises(ValueError, match=message):
         RetrievalMetrics().update(**{**args, **kwargs})
+
+
+def test_items_with_equal_indexes_must_be_copies():
+    # Colliding indexes (per-batch arange, say) would drop different items as if they were DistributedSampler padding.
+    x, labels, _, _ = make_data()
+    metric = RetrievalMetrics()
+    metric.update(x[:10], labels[:10], torch.arange(10))
+    metric.update(x[10:20], labels[10:20] + 100, torch.arange(10))
+    with pytest.raises(ValueError, match="items with equal `indexes` must be copies of one item, got two with index 0 "
+                       "and different `labels`"):
+        metric.compute()
+
+
+def test_flags_must_be_given_in_every_update_or_in_none():
+    x, labels, _, _ = make_data()
+    metric = RetrievalMetrics()
+    metric.update(x[:10], labels[:10], torch.arange(10), is_query=torch.ones(10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="`is_query` or `is_gallery` must be given in every update or in none"):
+        metric.update(x[10:20], labels[10:20], torch.arange(10, 20))
+    metric.reset()
+    metric.update(x[10:20], labels[10:20], torch.arange(10, 20))
 
 
 def test_compute_and_constructor_reject_bad_setups():

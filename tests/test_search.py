@@ -86,6 +86,12 @@ def test_gallery_paths_are_returned_for_each_neighbour(index):
     assert found.paths[0][0] == "digits/0000.png"
 
 
+def test_labels_and_paths_are_refused_with_a_gallery_that_carries_its_own(trained):
+    checkpoint, holdout = trained
+    with pytest.raises(ValueError, match="`labels` and `paths` are for a gallery of image tensors.*got a .* gallery"):
+        EmbeddingIndex.from_checkpoint(checkpoint, holdout, labels=torch.zeros(len(holdout), dtype=torch.long))
+
+
 def test_a_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="`checkpoint_path` '.*nowhere.ckpt' does not exist"):
         EmbeddingIndex.from_checkpoint(tmp_path / "nowhere.ckpt", torch.rand(3, 1, 8, 8))

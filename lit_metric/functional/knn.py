@@ -96,11 +96,17 @@ def cosine_knn(
     check_positive_int("chunk_size", chunk_size)
     if normalized:
         for name, x in (("queries", queries), ("gallery", gallery)):
-            if x is not None and (x.dtype != torch.float32 or not x.is_contiguous()):
+            if x is None:
+                continue
+            if x.dtype != torch.float32 or not x.is_contiguous():
                 raise ValueError(
                     f"`{name}` must be contiguous float32 rows of `normalize` when `normalized` is True, got "
                     f"dtype {x.dtype}{'' if x.is_contiguous() else ', not contiguous'}"
                 )
+            # normalize leaves all-zero rows at zero; any other length would rank by dot product, not cosine.
+            norms = x.norm(dim=1)
+            if bool(((norms - 1).abs() > 1e-3).logical_and_(norms != 0).any()):
+                raise ValueError(f"`{name}` must be rows of unit length when `normalized` is True, as `normalize` makes")
         q, g = queries, queries if symmetric else gallery
     else:
         q = normalize(queries)

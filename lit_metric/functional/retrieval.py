@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_metric.functional._checks import check_finite, check_floating, describe
 from lit_metric.functional.knn import cosine_knn, equal_key_pairs, float32_products, normalize
 
 __all__ = [
     "RETRIEVAL_METRICS",
+    "check_items",
     "check_options",
     "cosine_average_precision",
     "exclusion_keys",
@@ -172,8 +174,7 @@ def retrieval_metrics(
         (scored), ``num_skipped_queries`` and ``num_singleton_queries``. Ranking ties are broken by position.
     """
     check_options(metrics, k)
-    if len(embeddings) != len(labels):
-        raise ValueError(f"`embeddings` and `labels` must have the same length, got {len(embeddings)} and {len(labels)}")
+    check_items(embeddings, labels, is_query=is_query, is_gallery=is_gallery, cameras=cameras)
     is_query, is_gallery = resolve_roles(is_query, is_gallery, len(labels), labels.device)
     queries, gallery = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
     shared = bool((is_query & is_gallery).any())
@@ -249,6 +250,40 @@ def check_options(metrics: Sequence[str], k: Sequence[int]) -> None:
         raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k}")
 
 
+def check_items(
+    embeddings: Tensor,
+    labels: Tensor,
+    indexes: Tensor | None = None,
+    is_query: Tensor | None = None,
+    is_gallery: Tensor | None = None,
+    cameras: Tensor | None = None,
+) -> None:
+    """Raise a ValueError naming the argument unless ``embeddings`` is a finite floating ``(N, D)`` tensor, ``labels``,
+    ``indexes`` and ``cameras`` (non-negative) are integer ``(N,)`` tensors and the flags bool ``(N,)`` tensors; the
+    optional ones may be ``None``."""
+    check_floating("embeddings", embeddings)
+    if embeddings.ndim != 2:
+        raise ValueError(f"`embeddings` must have shape (N, D), got shape {tuple(embeddings.shape)}")
+    if embeddings.numel():
+        check_finite("embeddings", embeddings)
+    n = len(embeddings)
+    for name, x, kind in (
+        ("labels", labels, "an integer"),
+        ("indexes", indexes, "an integer"),
+        ("is_query", is_query, "a bool"),
+        ("is_gallery", is_gallery, "a bool"),
+        ("cameras", cameras, "an integer"),
+    ):
+        if x is None and name != "labels":
+            continue
+        if not isinstance(x, Tensor) or (x.dtype == torch.bool) != (kind == "a bool") or x.is_floating_point():
+            raise ValueError(f"`{name}` must be {kind} tensor, got {describe(x)}")
+        if x.shape != (n,):
+            raise ValueError(f"`{name}` must have shape ({n},) to match `embeddings`, got shape {tuple(x.shape)}")
+    if cameras is not None and bool((cameras < 0).any()):
+        raise ValueError("`cameras` must be non-negative camera ids, found a negative value")
+
+
 def exclusion_keys(labels: Tensor, cameras: Tensor | None = None) -> Tensor:
     """``(N,)`` keys for :func:`cosine_knn`: the item itself, or with ``cameras`` its (label, camera) pair.
 
@@ -273,10 +308,7 @@ def resolve_roles(
     is_query: Tensor | None, is_gallery: Tensor | None, n: int, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """``(is_query, is_gallery)``, both ``(n,)`` bool: neither given means every item is both (leave-one-out), and
-    one given makes the other its complement."""
-    for name, flags in (("is_query", is_query), ("is_gallery", is_gallery)):
-        if flags is not None and (flags.dtype != torch.bool or flags.shape != (n,)):
-            raise ValueError(f"`{name}` must be a bool tensor of shape ({n},), got {flags.dtype} {tuple(flags.shape)}")
+    one given makes the other its complement. Given flags are ``(n,)`` bool tensors, as :func:`check_items` checks."""
     if is_query is None and is_gallery is None:
         everything = torch.ones(n, dtype=torch.bool, device=device)
         return everything, everything

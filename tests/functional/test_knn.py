@@ -196,6 +196,11 @@ def test_rows_normalised_once_search_exactly_like_the_raw_embeddings():
         cosine_knn(unit_queries, 5, unit_gallery.double(), normalized=True)
     with pytest.raises(ValueError, match="`queries` must be contiguous float32 rows.*not contiguous"):
         cosine_knn(knn.normalize(queries.T).T, 5, normalized=True)
+    with pytest.raises(ValueError, match="`gallery` must be rows of unit length when `normalized` is True"):
+        cosine_knn(unit_queries, 5, 2 * unit_gallery, normalized=True)
+    # normalize leaves an all-zero row at zero, and such rows are accepted.
+    unit_gallery[3] = 0.0
+    cosine_knn(unit_queries, 5, unit_gallery, normalized=True)
 
 
 def test_keys_order_as_score_then_lower_position_and_decode_exactly():
