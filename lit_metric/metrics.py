@@ -60,9 +60,10 @@ class RetrievalMetrics(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        metrics, k = tuple(metrics), tuple(k)  # read twice below, so a generator must not be used up by the check
         check_options(metrics, k)
         check_positive_int("chunk_size", chunk_size)
-        self.metrics = tuple(metrics)
+        self.metrics = metrics
         self.k = tuple(sorted(set(k)))
         self.chunk_size = chunk_size
         for name in ("embeddings", "labels", "indexes", "is_query", "is_gallery", "cameras"):

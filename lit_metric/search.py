@@ -167,6 +167,8 @@ def embed_batches(model: MetricLearningModule, loader: DataLoader) -> dict[str, 
             embeddings.append(model.embed(batch["image"].to(model.device)))
             labels.append(batch.get("label"))
             paths.append(batch.get("path"))
+    if not embeddings:
+        raise ValueError("`loader` must yield at least one batch, got none")
     return {
         "embeddings": torch.cat(embeddings),
         "labels": torch.cat(labels) if all(x is not None for x in labels) else None,

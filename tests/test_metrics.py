@@ -108,6 +108,11 @@ def test_flags_must_be_given_in_every_update_or_in_none():
     metric.update(x[10:20], labels[10:20], torch.arange(10, 20))
 
 
+def test_cut_offs_may_come_from_any_iterable():
+    metric = RetrievalMetrics(metrics=iter(["recall"]), k=(cut for cut in (2, 1)))
+    assert metric.metrics == ("recall",) and metric.k == (1, 2)
+
+
 def test_compute_and_constructor_reject_bad_setups():
     x, labels = torch.randn(4, 2), torch.tensor([0, 0, 1, 1])
     metric = RetrievalMetrics(k=(1,))

@@ -14,7 +14,8 @@ import lit_metric.search as search
 from lit_metric import MetricLearningModule
 from lit_metric.callbacks.prediction_writer import save_embeddings
 from lit_metric.cli import run
-from lit_metric.search import EmbeddingIndex, nearest
+from lit_metric.data import TensorImageDataset
+from lit_metric.search import EmbeddingIndex, embed_batches, nearest
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
 
@@ -90,6 +91,11 @@ def test_labels_and_paths_are_refused_with_a_gallery_that_carries_its_own(traine
     checkpoint, holdout = trained
     with pytest.raises(ValueError, match="`labels` and `paths` are for a gallery of image tensors.*got a .* gallery"):
         EmbeddingIndex.from_checkpoint(checkpoint, holdout, labels=torch.zeros(len(holdout), dtype=torch.long))
+
+
+def test_an_empty_loader_is_refused_by_name(index):
+    with pytest.raises(ValueError, match="`loader` must yield at least one batch, got none"):
+        embed_batches(index.model, DataLoader(TensorImageDataset(torch.rand(0, 1, 8, 8), torch.zeros(0))))
 
 
 def test_a_missing_checkpoint_is_named(tmp_path):

@@ -197,11 +197,21 @@ class PKSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"`rank` must be in [0, {self.num_replicas}), got {self.rank}")
-        batches = self.global_batches()[self.rank :: self.num_replicas]
-        return iter(torch.cat(batches).tolist() if batches else [])
+        self._check_batches_per_rank()
+        return iter(torch.cat(self.global_batches()[self.rank :: self.num_replicas]).tolist())
 
     def __len__(self) -> int:
+        self._check_batches_per_rank()
         return self._num_batches // self.num_replicas * self.batch_size
+
+    def _check_batches_per_rank(self) -> None:
+        # An empty epoch would make Lightning skip training with no more than a warning.
+        if self._num_batches < self.num_replicas:
+            raise ValueError(
+                f"the labels fill {self._num_batches} batches of `classes_per_batch` x `samples_per_class` = "
+                f"{self.classes_per_batch} x {self.samples_per_class}, fewer than the {self.num_replicas} processes "
+                "that each need one; lower either"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

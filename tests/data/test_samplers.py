@@ -49,6 +49,14 @@ def test_every_epoch_has_the_same_number_of_batches_and_len_says_so():
         assert len(sampler) == len(list(sampler)) == 5 * 6
 
 
+def test_fewer_batches_than_processes_is_a_value_error_not_an_empty_epoch():
+    # 7 classes fill one batch of 7 x 5 (every class has at least 5 samples), which two processes cannot share.
+    sampler = PKSampler(LABELS, classes_per_batch=7, samples_per_class=5, num_replicas=2, rank=0)
+    for use in (len, iter):
+        with pytest.raises(ValueError, match="fill 1 batches of .* = 7 x 5, fewer than the 2 processes"):
+            use(sampler)
+
+
 def test_each_epoch_reshuffles_and_the_seed_reproduces():
     assert shards(2, epoch=0) != shards(2, epoch=1)
     assert shards(2, epoch=1) == shards(2, epoch=1)
