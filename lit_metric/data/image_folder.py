@@ -108,8 +108,9 @@ class ImageFileDataset(Dataset):
 
 
 def natural_key(name: str) -> tuple:
-    """Sort key that orders digit runs by value, so that ``s2`` comes before ``s10``."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+    """Sort key that orders digit runs by value, so that ``s2`` comes before ``s10``; names of equal value (``s1``,
+    ``s01``) then go by the name itself, so that the order never depends on the file system's."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)), name
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule
+from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule, natural_key
 from lit_metric.data.transforms import Normalize, RandomAugment, load_image
 
 SMALL_BATCHES = {"classes_per_batch": 2, "samples_per_class": 2}
@@ -278,3 +278,9 @@ def test_load_image_converts_to_the_requested_channels(mixed_folder):
     assert load_image(path, channels=1).shape == (1, 10, 8)
     assert load_image(path, channels=3, size=(5, 4)).dtype == torch.uint8
     assert load_image(path, channels=3, size=(5, 4)).shape == (3, 5, 4)
+
+
+def test_natural_order_puts_digit_runs_by_value_and_equal_values_by_name():
+    names = ["s10", "s01", "s2", "s1", "b"]
+    assert sorted(names, key=natural_key) == ["b", "s01", "s1", "s2", "s10"]
+    assert sorted(reversed(names), key=natural_key) == sorted(names, key=natural_key)
