@@ -197,13 +197,14 @@ def retrieval_metrics(
 
     needs_r = any(name in metrics for name in ("map_at_r", "r_precision"))
     search_k = max(max(k), int(num_relevant.max()) if needs_r else 0)
-    # Indexing copies, which matters for a large gallery searched by a few queries.
+    # Indexing copies, which matters for a large gallery searched by a few queries: each set is indexed once at most.
+    query_embeddings = embeddings if len(queries) == len(labels) else embeddings[queries]
     gallery_embeddings = embeddings if len(gallery) == len(labels) else embeddings[gallery]
     if len(queries) == len(gallery) == len(labels):
         _, neighbours = cosine_knn(embeddings, search_k, query_keys=keys, chunk_size=chunk_size)
     else:
         _, neighbours = cosine_knn(
-            embeddings[queries], search_k, gallery_embeddings, keys[queries], keys[gallery], chunk_size
+            query_embeddings, search_k, gallery_embeddings, keys[queries], keys[gallery], chunk_size
         )
     match = (neighbours >= 0) & (gallery_labels[neighbours.clamp(min=0)] == query_labels[:, None])
     match, relevant = match[scored], num_relevant[scored]
@@ -219,8 +220,8 @@ def retrieval_metrics(
     if "map" in metrics:
         scored_queries = queries[scored]
         per_query["map"] = cosine_average_precision(
-            embeddings[scored_queries], labels[scored_queries], gallery_embeddings, gallery_labels,
-            keys[scored_queries], keys[gallery], chunk_size,
+            query_embeddings if bool(scored.all()) else query_embeddings[scored], labels[scored_queries],
+            gallery_embeddings, gallery_labels, keys[scored_queries], keys[gallery], chunk_size,
         )
     out = {name: values.mean().float() for name, values in per_query.items()}
     # Counts are float like the metrics, so Lightning logs them without a dtype warning.
