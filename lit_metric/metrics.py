@@ -2,19 +2,23 @@
 
 A thin stateful layer over :func:`lit_metric.functional.retrieval.retrieval_metrics`: ``update`` stores
 embeddings, labels, dataset indices and the optional query/gallery flags and cameras; ``compute`` gathers them
-from every process, drops the duplicates that ``DistributedSampler`` pads in (same dataset index, first kept),
-orders the items by dataset index and scores them exactly. Ordering by dataset index makes the result, ties
-included, independent of how the data was split between processes.
+from every process (one without items takes part with empty states), drops the duplicates that
+``DistributedSampler`` pads in (same dataset index, first kept), orders the items by dataset index and scores them
+exactly. Ordering by dataset index makes the result, ties included, independent of how the data was split between
+processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import reduce
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.retrieval import (
@@ -146,6 +150,39 @@ class RetrievalMetrics(Metric):
     def reset(self) -> None:
         super().reset()
         self._roles_given = None
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
+        # torchmetrics gives a process without items 1-D float placeholders, which cannot be gathered with the 2-D
+        # embeddings and integer labels of the others: the processes first agree on the embeddings' width and dtype.
+        if dist.is_available() and dist.is_initialized():
+            self._agree_with_other_processes(process_group or self.process_group)
+        super()._sync_dist(dist_sync_fn, process_group)
+
+    def _agree_with_other_processes(self, group: Any) -> None:
+        """Give this process empty states of the common shapes when it has no items, and every process the widest
+        embedding dtype; refuse a mix of widths or of flagged and unflagged items."""
+        embeddings = self.embeddings[0] if len(self.embeddings) else None
+        local = None if embeddings is None else (embeddings.shape[1], embeddings.dtype, self._roles_given)
+        everyone: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(everyone, local, group=group)
+        present = [item for item in everyone if item is not None]
+        if not present:
+            return
+        widths, roles = {width for width, _, _ in present}, {given for _, _, given in present}
+        if len(widths) > 1:
+            raise ValueError(f"`embeddings` must have one dimension in every process, got {sorted(widths)}")
+        if len(roles) > 1:
+            raise ValueError("`is_query` or `is_gallery` must be given in every process or in none, got a mix")
+        dtype = reduce(torch.promote_types, [dtype for _, dtype, _ in present])
+        if embeddings is None:
+            (width,) = widths
+            long = torch.empty(0, dtype=torch.long, device=self.device)
+            flag = torch.empty(0, dtype=torch.bool, device=self.device)
+            self.embeddings = [torch.empty(0, width, dtype=dtype, device=self.device)]
+            self.labels, self.indexes, self.cameras = [long], [long], [long]
+            self.is_query, self.is_gallery = [flag], [flag]
+        else:
+            self.embeddings = [x.to(dtype) for x in self.embeddings]
 
     def _check_copies(self, indexes: Tensor, first: Tensor) -> None:
         """Items with equal index must be copies, as DistributedSampler pads them in: colliding indexes of different

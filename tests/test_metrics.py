@@ -11,6 +11,8 @@ from torch.utils.data import DistributedSampler
 from lit_metric.functional.retrieval import retrieval_metrics
 from lit_metric.metrics import RetrievalMetrics
 
+from _ddp import run_processes
+
 ALL = ("recall", "precision", "map_at_r", "r_precision", "map", "cmc")
 
 
@@ -50,7 +52,7 @@ def test_batched_updates_with_padding_duplicates_equal_one_functional_call():
     expected = retrieval_metrics(x, labels, is_query=is_query, cameras=cameras, metrics=ALL, k=(1, 5))
     assert_same(metric.compute(), expected)
     metric.reset()
-    with pytest.raises(ValueError, match="`update` must be called"):
+    with pytest.raises(ValueError, match="`update` must be called"), pytest.warns(UserWarning, match="before the"):
         metric.compute()
 
 
@@ -163,3 +165,43 @@ def test_two_process_gloo_equals_single_process(tmp_path):
         single = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
         feed(single, x, labels, torch.arange(45), flags, cams)
         assert_same(results[name], single.compute())
+
+
+def _only_rank_zero_has_items(rank, world_size, dtype):
+    x, labels, is_query, cameras = make_data()
+    metric = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
+    if rank == 0:
+        feed(metric, x.to(dtype), labels, torch.arange(45), is_query, cameras)
+    return metric.compute()
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric RetrievalMetrics was called before")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_process_without_items_joins_the_gather_and_gets_the_common_result(tmp_path, dtype):
+    x, labels, is_query, cameras = make_data()
+    single = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
+    feed(single, x.to(dtype), labels, torch.arange(45), is_query, cameras)
+    expected = single.compute()
+    for result in run_processes(_only_rank_zero_has_items, tmp_path, dtype):
+        assert_same(result, expected)
+
+
+def _processes_disagree(rank, world_size, disagreement):
+    x, labels, is_query, _ = make_data()
+    metric = RetrievalMetrics(k=(1,))
+    width = 4 if disagreement == "width" and rank == 1 else 5
+    flags = is_query[:10] if disagreement == "flags" and rank == 1 else None
+    metric.update(x[:10, :width], labels[:10], torch.arange(10) + 10 * rank, is_query=flags)
+    return metric.compute()
+
+
+@pytest.mark.parametrize(
+    "disagreement, message",
+    [
+        ("width", "`embeddings` must have one dimension in every process, got [4, 5]"),
+        ("flags", "`is_query` or `is_gallery` must be given in every process or in none"),
+    ],
+)
+def test_processes_must_agree_on_the_embedding_width_and_on_flags(tmp_path, disagreement, message):
+    with pytest.raises(Exception, match=re.escape(message)):
+        run_processes(_processes_disagree, tmp_path, disagreement)

@@ -107,6 +107,12 @@ class PairMiner(L.Callback):
         # Past `__setattr__`: the schedule's values are checked already and must not replace the base settings.
         vars(self).update(self.settings_at(trainer.current_epoch))
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # A batch that the module does not mine (a subclass may skip some) must not log the previous batch's numbers.
+        self.statistics = {}
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

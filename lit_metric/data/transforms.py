@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch import Tensor, nn
 
 __all__ = ["Normalize", "RandomAugment", "image_size_of", "load_image"]
@@ -17,11 +17,14 @@ __all__ = ["Normalize", "RandomAugment", "image_size_of", "load_image"]
 # PIL opens 16-bit greyscale PNG, PGM and TIFF files in these modes; "I" also holds 32-bit integers, but PIL scales
 # PGM files of any maxval to the 16-bit range in it, so the 16-bit range is what its pixels mean.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# EXIF orientations under which the stored image is displayed turned by a quarter, its sides swapped.
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None = None) -> Tensor:
     """Decode any PIL-readable image file to a ``(channels, H, W)`` uint8 tensor.
 
+    The image is turned upright as its EXIF orientation says (phone and camera photos store it sideways), and
     16-bit greyscale images are rescaled from ``[0, 65535]`` to ``[0, 255]``.
 
     Args:
@@ -34,7 +37,7 @@ def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None
             "F"), which have no standard range, or when its 32-bit integer pixels are outside ``[0, 65535]``.
     """
     with _opened(path) as image:
-        image = _as_8_bit(image).convert("L" if channels == 1 else "RGB")
+        image = _as_8_bit(ImageOps.exif_transpose(image)).convert("L" if channels == 1 else "RGB")
         if size is not None and image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         array = np.array(image, dtype=np.uint8)
@@ -43,13 +46,16 @@ def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
-    """``(H, W)`` of an image file from its header alone, without decoding the pixels.
+    """``(H, W)`` of an image file, upright as its EXIF orientation says, from its header alone, without decoding
+    the pixels.
 
     Raises:
         ValueError: naming ``path`` when PIL does not recognise the file as an image.
     """
     with _opened(path) as image:
         width, height = image.size
+        if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
+            width, height = height, width
     return height, width
 
 

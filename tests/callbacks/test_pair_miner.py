@@ -289,6 +289,16 @@ def test_statistics_by_hand_on_a_fixed_similarity():
     assert {name: pytest.approx(float(value)) for name, value in miner.statistics.items()} == expected
 
 
+def test_a_batch_that_is_not_mined_logs_no_statistics():
+    miner, logged = PairMiner(), []
+    miner.mine(torch.rand(4, 4), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]))
+    assert miner.statistics
+    pl_module = SimpleNamespace(log=lambda name, *args, **kwargs: logged.append(name))
+    miner.on_train_batch_start(None, pl_module, None, 1)
+    miner.on_train_batch_end(None, pl_module, None, None, 1)
+    assert miner.statistics == {} and logged == []
+
+
 def test_the_statistics_reach_the_trainers_logged_metrics():
     miner = PairMiner()
     fit_trainer = trainer(callbacks=[miner], max_steps=1)

@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule, natural_key
-from lit_metric.data.transforms import Normalize, RandomAugment, load_image
+from lit_metric.data.transforms import Normalize, RandomAugment, image_size_of, load_image
 
 SMALL_BATCHES = {"classes_per_batch": 2, "samples_per_class": 2}
 
@@ -271,6 +271,20 @@ def test_32_bit_images_beyond_the_16_bit_range_are_rejected(tmp_path):
 def test_dataset_rejects_labels_that_do_not_match_the_files(orl_faces):
     with pytest.raises(ValueError, match=re.escape("`labels` must have shape (1,), got shape (2,)")):
         ImageFileDataset([orl_faces / "s1" / "1.pgm"], [0, 1])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_images_are_turned_upright_as_their_exif_orientation_says(tmp_path, suffix):
+    pixels = np.arange(6 * 4, dtype=np.uint8).reshape(6, 4) * 10
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored turned a quarter counter-clockwise: shown turned clockwise
+    path = tmp_path / f"sideways{suffix}"
+    Image.fromarray(pixels).save(path, exif=exif, **({"quality": 100} if suffix == ".jpg" else {}))
+    assert image_size_of(path) == (4, 6)
+    upright = load_image(path)
+    assert upright.shape == (1, 4, 6)
+    stored = np.asarray(Image.open(path))
+    assert torch.equal(upright[0], torch.from_numpy(np.rot90(stored, k=-1).copy()))
 
 
 def test_load_image_converts_to_the_requested_channels(mixed_folder):
