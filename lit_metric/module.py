@@ -83,8 +83,12 @@ class MetricLearningModule(L.LightningModule):
         if _world_size() == 1:
             return embeddings, labels, anchor_index
         sizes = _gather_sizes(len(labels), labels.device)
+        if min(sizes) == 0:
+            # Raised on every process alike: one that raised alone would leave the others waiting in a collective.
+            raise ValueError(f"every process needs a non-empty training batch, got batch sizes {sizes} by rank")
         offset = sum(sizes[: dist.get_rank()])
-        return _GatherRows.apply(embeddings, sizes), _gather_rows(labels, sizes), anchor_index + offset
+        # int64 on every process: labels of different widths would not fit one gather.
+        return _GatherRows.apply(embeddings, sizes), _gather_rows(labels.long(), sizes), anchor_index + offset
 
     def similarity(self, embeddings: Tensor, reference_embeddings: Tensor) -> Tensor:
         """``(B, R)`` cosine similarity in float32, also under mixed precision."""

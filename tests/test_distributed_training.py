@@ -97,6 +97,38 @@ def test_one_step_gives_the_single_process_loss_and_gradients_for_every_setting(
                 torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"{name}, {settings}")
 
 
+def one_step_with_labels_of_rank_dtype(rank: int, world_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    shard = {name: value[SHARDS[rank]] for name, value in global_batch().items()}
+    shard["label"] = shard["label"].to(torch.int32 if rank == 0 else torch.int64)
+    module = MinerModule(PairMiner())
+    model = DistributedDataParallel(StepAsForward(module))  # held: its hooks average the gradients in backward
+    model(shard).backward()
+    return gradients(module)
+
+
+def test_processes_may_hold_labels_of_different_integer_widths(tmp_path):
+    module = MinerModule(PairMiner())
+    module.training_step(global_batch(), 0).backward()
+    expected = gradients(module)
+    for rank_gradients in run_processes(one_step_with_labels_of_rank_dtype, tmp_path):
+        for name, grad in rank_gradients.items():
+            torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def one_step_with_an_empty_batch_on_rank_one(rank: int, world_size: int) -> str:
+    shard = {name: value[:5] if rank == 0 else value[:0] for name, value in global_batch().items()}
+    try:
+        MinerModule(PairMiner()).training_step(shard, 0)
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
+def test_an_empty_batch_on_one_process_is_refused_on_every_process(tmp_path):
+    messages = run_processes(one_step_with_an_empty_batch_on_rank_one, tmp_path)
+    assert messages == ["every process needs a non-empty training batch, got batch sizes [5, 0] by rank"] * 2
+
+
 # A few steps of Lightning DDP against one process on the same global batches.
 
 CLASSES, PER_CLASS, P, K = 8, 12, 4, 3

@@ -15,6 +15,7 @@ from lit_metric.functional._checks import check_choice, check_positive_int, chec
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
+    check_anchor_index,
     mining_statistics,
     pair_counts,
     pair_masks,
@@ -142,10 +143,8 @@ class PairMiner(L.Callback):
                 f"`similarity` must have shape (len(labels), len(reference_labels)) = "
                 f"({labels.shape[0]}, {reference_labels.shape[0]}), got {tuple(similarity.shape)}"
             )
-        if anchor_index is not None and anchor_index.shape != labels.shape:
-            raise ValueError(
-                f"`anchor_index` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(anchor_index.shape)}"
-            )
+        if anchor_index is not None:
+            check_anchor_index(anchor_index, labels, reference_labels)
         similarity = similarity.detach()
         positive = torch.empty(similarity.shape, dtype=torch.bool, device=similarity.device)
         negative = torch.empty_like(positive)

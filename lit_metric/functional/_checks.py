@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
 
 def check_matrix(name: str, x: Tensor, shape: str = "(N, D)") -> None:
     """``x`` is a non-empty, finite, floating-point 2-D tensor described by ``shape`` in the message."""
@@ -55,3 +57,6 @@ def check_real(name: str, value: object, positive: bool = False, where: str = ""
         positive and value <= 0
     ):
         raise ValueError(f"`{name}`{where} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    # Losses compute in float32, where a larger value is inf, and inf times the 0 of a pair that does not count is NaN.
+    if abs(value) > _FLOAT32_MAX:
+        raise ValueError(f"`{name}`{where} must be within the float32 range (|x| <= {_FLOAT32_MAX:.4g}), got {value!r}")

@@ -51,10 +51,17 @@ def cosine_similarity(embeddings: Tensor, reference_embeddings: Tensor | None = 
             )
     dtype = torch.promote_types(embeddings.dtype, torch.float32)
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        queries = F.normalize(embeddings.to(dtype), dim=1)
+        queries = _unit_rows(embeddings.to(dtype))
         if reference_embeddings is embeddings:
             return _Gram.apply(queries)
-        return queries @ F.normalize(reference_embeddings.to(dtype), dim=1).T
+        return queries @ _unit_rows(reference_embeddings.to(dtype)).T
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    """``(N, D)`` rows scaled to unit length; all-zero rows stay zero and get no gradient, where ``F.normalize``
+    would give them ``1 / eps`` (1e12, inf in fp16), e.g. for an embedding head that ends in a ReLU."""
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return torch.where(norms > 0, x / norms.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
 
 
 def binomial_deviance(
@@ -68,7 +75,8 @@ def binomial_deviance(
     """Weighted binomial deviance ``sum(w * softplus(-alpha * (similarity - beta) * m))``.
 
     Computed in float32 at least whatever the input dtype, so fp16/bf16 similarities and large negative
-    costs in ``m`` give a finite loss and finite gradients.
+    costs in ``m`` give a finite loss. The gradient comes back in the similarity's dtype: finite in bf16, and in
+    fp16 while ``alpha * |m| * w`` stays below 65504.
 
     Args:
         similarity: ``(B, R)`` similarities, usually cosine.
@@ -209,6 +217,9 @@ def _check_deviance_args(similarity: Tensor, m: Tensor, w: Tensor, alpha: float,
             raise ValueError(
                 f"`{name}` must have the shape of `similarity` {tuple(similarity.shape)}, got {tuple(x.shape)}"
             )
+    if m.requires_grad:
+        # The backward pass gives `m` no gradient; a learned cost in it would silently stay as it is.
+        raise ValueError("`m` must not require grad: the loss is not differentiated with respect to it")
     check_finite("m", m)
     low, high = torch.aminmax(w)
     if not bool(high < float("inf")) or bool(torch.isnan(low)):

@@ -21,6 +21,7 @@ __all__ = [
     "STRATEGIES",
     "WEIGHTINGS",
     "balanced_weights",
+    "check_anchor_index",
     "hard_pairs",
     "hardest_negatives",
     "mining_statistics",
@@ -55,10 +56,7 @@ def pair_masks(labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | 
     same = labels[:, None] == reference_labels[None, :]
     negative = ~same
     if anchor_index is not None:
-        if anchor_index.shape != labels.shape:
-            raise ValueError(
-                f"`anchor_index` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(anchor_index.shape)}"
-            )
+        check_anchor_index(anchor_index, labels, reference_labels)
         same[torch.arange(labels.shape[0], device=labels.device), anchor_index] = False
     return same, negative
 
@@ -251,6 +249,27 @@ def _masked_extreme(similarity: Tensor, mask: Tensor, extreme: Literal["min", "m
     if extreme == "min":
         return torch.where(mask, similarity, float("inf")).amin(dim=1, keepdim=True)
     return torch.where(mask, similarity, -float("inf")).amax(dim=1, keepdim=True)
+
+
+def check_anchor_index(anchor_index: Tensor, labels: Tensor, reference_labels: Tensor) -> None:
+    """Raise a ValueError unless ``anchor_index`` is a ``(B,)`` integer tensor of positions among the references that
+    hold the anchors' own labels: a wrong position would silently drop a real positive and count the anchor's pair
+    with itself."""
+    if anchor_index.shape != labels.shape or anchor_index.is_floating_point() or anchor_index.dtype == torch.bool:
+        raise ValueError(
+            f"`anchor_index` must be an integer tensor of the shape of `labels` {tuple(labels.shape)}, got "
+            f"{anchor_index.dtype} of shape {tuple(anchor_index.shape)}"
+        )
+    if len(anchor_index) == 0:
+        return
+    low, high = torch.aminmax(anchor_index)
+    if bool(low < 0) or bool(high >= len(reference_labels)):
+        raise ValueError(
+            f"`anchor_index` must hold positions in [0, {len(reference_labels)}) among the references, got "
+            f"[{int(low)}, {int(high)}]"
+        )
+    if not bool((reference_labels[anchor_index] == labels).all()):
+        raise ValueError("`anchor_index` must point each anchor at a reference of its own label, got another label")
 
 
 def _check_labels(name: str, labels: Tensor) -> None:

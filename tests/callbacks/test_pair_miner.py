@@ -132,7 +132,7 @@ def test_a_setting_assigned_by_hand_is_checked_like_the_constructors(name, value
 
 def test_anchor_index_of_the_wrong_shape_is_a_value_error():
     labels = torch.tensor([0, 0, 1, 1])
-    with pytest.raises(ValueError, match=r"`anchor_index` must have the shape of `labels` \(4,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"`anchor_index` must be an integer tensor of the shape of `labels` \(4,\)"):
         PairMiner().mine(torch.zeros(4, 4), labels, labels, torch.arange(3))
 
 

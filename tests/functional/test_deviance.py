@@ -116,16 +116,21 @@ def test_extreme_similarities_with_large_negative_cost_stay_finite(dtype):
     assert loss.item() == pytest.approx(2 * 125 + 2 * 15, rel=1e-3)
 
 
-def test_all_zero_embedding_rows_give_finite_loss_and_gradients():
-    embeddings = torch.zeros(4, 8)
-    embeddings[2:] = torch.randn(2, 8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_all_zero_embedding_rows_have_similarity_zero_and_no_gradient(dtype):
+    # F.normalize would give such rows (e.g. from a ReLU head) a gradient of 1 / eps = 1e12, inf in fp16.
+    embeddings = torch.zeros(4, 8, dtype=dtype)
+    embeddings[2:] = torch.randn(2, 8, dtype=dtype)
     embeddings.requires_grad_()
     m = torch.tensor([[0, 1, -1, -1], [1, 0, -1, -1], [-1, -1, 0, 1], [-1, -1, 1, 0]], dtype=torch.float32)
     w = (m != 0).float() / 4
-    loss = binomial_deviance(cosine_similarity(embeddings), m, w)
+    similarity = cosine_similarity(embeddings)
+    loss = binomial_deviance(similarity, m, w)
     loss.backward()
     assert torch.isfinite(loss)
-    assert torch.isfinite(embeddings.grad).all()
+    assert bool((similarity[:2] == 0).all()) and bool((similarity[:, :2] == 0).all())
+    assert bool((embeddings.grad[:2] == 0).all())
+    assert torch.isfinite(embeddings.grad).all() and bool((embeddings.grad[2:] != 0).any())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -173,6 +178,8 @@ def valid():
         ({"alpha": "2"}, "`alpha` must be a finite number > 0, got '2'"),
         ({"beta": float("nan")}, "`beta` must be a finite number, got nan"),
         ({"beta": float("-inf")}, "`beta` must be a finite number"),
+        ({"alpha": 1e39}, r"`alpha` must be within the float32 range \(\|x\| <= 3.403e\+38\), got 1e\+39"),
+        ({"m": torch.ones(3, 4, requires_grad=True)}, "`m` must not require grad"),
     ],
 )
 def test_invalid_arguments_are_named(replace, match):

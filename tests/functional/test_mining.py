@@ -258,9 +258,20 @@ def test_unknown_weighting_is_a_value_error():
         pair_weights(positive, negative, "mean", pair_counts(positive, negative))
 
 
-def test_anchor_index_of_the_wrong_shape_is_a_value_error():
-    with pytest.raises(ValueError, match=r"`anchor_index` must have the shape of `labels` \(4,\), got \(3,\)"):
-        pair_masks(LABELS, LABELS, torch.arange(3))
+@pytest.mark.parametrize(
+    ("anchor_index", "message"),
+    [
+        (torch.arange(3), r"`anchor_index` must be an integer tensor of the shape of `labels` \(4,\), got torch.int64 of"),
+        (torch.arange(4.0), r"`anchor_index` must be an integer tensor .* got torch.float32 of shape \(4,\)"),
+        (torch.tensor([-4, 1, 2, 3]), r"`anchor_index` must hold positions in \[0, 4\) among the references, got \[-4, 3\]"),
+        (torch.tensor([0, 1, 2, 4]), r"`anchor_index` must hold positions in \[0, 4\) among the references, got \[0, 4\]"),
+        (torch.tensor([1, 2, 0, 3]), "`anchor_index` must point each anchor at a reference of its own label"),
+    ],
+)
+def test_anchor_index_must_point_each_anchor_at_itself_among_the_references(anchor_index, message):
+    # A wrong position would drop a real positive and keep the anchor's pair with itself, silently.
+    with pytest.raises(ValueError, match=message):
+        pair_masks(LABELS, LABELS, anchor_index)
 
 
 def test_float_labels_are_a_value_error():
