@@ -168,7 +168,9 @@ class PairMiner(L.Callback):
             counts += pair_counts(kept_positive, kept_negative)
             sums += mining_statistics(block, candidate_negative, num_candidates, kept_positive, kept_negative)
         counts, sums = _sum_over_processes(counts), _sum_over_processes(sums)
-        positive_weight, negative_weight = pair_weights(positive, negative, self.weighting, counts)
+        # float32 at least, as the loss computes; float64 weights for a float64 loss, which float32 would round.
+        dtype = torch.promote_types(similarity.dtype, torch.float32)
+        positive_weight, negative_weight = pair_weights(positive, negative, self.weighting, counts, dtype)
         self.statistics = _statistics(counts, sums)
         return Pairs(positive, negative, positive_weight, negative_weight, float(self.negative_cost))
 

@@ -141,7 +141,9 @@ def pair_counts(positive: Tensor, negative: Tensor) -> Tensor:
     return torch.stack([positive_per_anchor.sum(dtype=torch.int64), negative_per_anchor.sum(dtype=torch.int64), has_pair.sum()])
 
 
-def balanced_weights(num_positive: Tensor, num_negative: Tensor) -> tuple[Tensor, Tensor]:
+def balanced_weights(
+    num_positive: Tensor, num_negative: Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """The paper's weights: ``1 / n_pos`` on every positive pair and ``1 / n_neg`` on every negative pair.
 
     A batch with no positive (or no negative) pair has nothing to weight on that side; the count is clamped to 1
@@ -150,14 +152,17 @@ def balanced_weights(num_positive: Tensor, num_negative: Tensor) -> tuple[Tensor
     Args:
         num_positive: scalar count of positive pairs over the whole (global) batch.
         num_negative: scalar count of negative pairs over the whole (global) batch.
+        dtype: floating dtype of the weights.
 
     Returns:
-        ``(positive_weight, negative_weight)``, float32 scalars.
+        ``(positive_weight, negative_weight)``, scalars of ``dtype``.
     """
-    return 1.0 / num_positive.clamp_min(1).float(), 1.0 / num_negative.clamp_min(1).float()
+    return 1.0 / num_positive.clamp_min(1).to(dtype), 1.0 / num_negative.clamp_min(1).to(dtype)
 
 
-def per_anchor_weights(positive: Tensor, negative: Tensor, num_anchors: Tensor) -> tuple[Tensor, Tensor]:
+def per_anchor_weights(
+    positive: Tensor, negative: Tensor, num_anchors: Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """Each anchor's positives and negatives averaged separately, then the anchors averaged.
 
     Anchor ``i`` gives ``1 / n_pos_i`` to each of its positives and ``1 / n_neg_i`` to each of its negatives; both
@@ -168,31 +173,35 @@ def per_anchor_weights(positive: Tensor, negative: Tensor, num_anchors: Tensor) 
         positive: ``(B, R)`` boolean mask of the positive pairs that count.
         negative: ``(B, R)`` boolean mask of the negative pairs that count.
         num_anchors: scalar count of anchors with at least one pair over the whole (global) batch.
+        dtype: floating dtype of the weights.
 
     Returns:
-        ``(positive_weight, negative_weight)``, float32 ``(B, 1)`` columns.
+        ``(positive_weight, negative_weight)``, ``(B, 1)`` columns of ``dtype``.
     """
-    anchors = num_anchors.clamp_min(1).float()
+    anchors = num_anchors.clamp_min(1).to(dtype)
     # A sum in int32 is much faster than bool.sum(), which widens every element to int64.
     positive_per_anchor = positive.sum(dim=1, keepdim=True, dtype=torch.int32).clamp_min_(1)
     negative_per_anchor = negative.sum(dim=1, keepdim=True, dtype=torch.int32).clamp_min_(1)
     return 1.0 / (positive_per_anchor * anchors), 1.0 / (negative_per_anchor * anchors)
 
 
-def uniform_weights(num_pairs: Tensor) -> tuple[Tensor, Tensor]:
+def uniform_weights(num_pairs: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """The same weight ``1 / num_pairs`` on every pair that counts: the plain mean over the whole batch's pairs.
 
     Args:
         num_pairs: scalar count of the pairs that count over the whole (global) batch.
+        dtype: floating dtype of the weights.
 
     Returns:
-        ``(positive_weight, negative_weight)``, equal float32 scalars.
+        ``(positive_weight, negative_weight)``, equal scalars of ``dtype``.
     """
-    weight = 1.0 / num_pairs.clamp_min(1).float()
+    weight = 1.0 / num_pairs.clamp_min(1).to(dtype)
     return weight, weight
 
 
-def pair_weights(positive: Tensor, negative: Tensor, weighting: Weighting, counts: Tensor) -> tuple[Tensor, Tensor]:
+def pair_weights(
+    positive: Tensor, negative: Tensor, weighting: Weighting, counts: Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """The weight of each kept pair under ``weighting``, per kind of pair.
 
     Args:
@@ -201,17 +210,18 @@ def pair_weights(positive: Tensor, negative: Tensor, weighting: Weighting, count
         weighting: ``"balanced"`` (:func:`balanced_weights`), ``"per_anchor"`` (:func:`per_anchor_weights`) or
             ``"uniform"`` (:func:`uniform_weights`).
         counts: ``(3,)`` :func:`pair_counts` of the whole batch, i.e. summed over processes.
+        dtype: floating dtype of the weights, e.g. float64 for a float64 loss, whose weights float32 would round.
 
     Returns:
-        ``(positive_weight, negative_weight)``: float32 scalars, or ``(B, 1)`` columns for ``"per_anchor"``.
+        ``(positive_weight, negative_weight)``: scalars of ``dtype``, or ``(B, 1)`` columns for ``"per_anchor"``.
     """
     check_choice("weighting", weighting, WEIGHTINGS)
     num_positive, num_negative, num_anchors = counts
     if weighting == "per_anchor":
-        return per_anchor_weights(positive, negative, num_anchors)
+        return per_anchor_weights(positive, negative, num_anchors, dtype)
     if weighting == "uniform":
-        return uniform_weights(num_positive + num_negative)
-    return balanced_weights(num_positive, num_negative)
+        return uniform_weights(num_positive + num_negative, dtype)
+    return balanced_weights(num_positive, num_negative, dtype)
 
 
 def mining_statistics(

@@ -289,6 +289,18 @@ def test_statistics_by_hand_on_a_fixed_similarity():
     assert {name: pytest.approx(float(value)) for name, value in miner.statistics.items()} == expected
 
 
+@pytest.mark.parametrize("weighting", ["balanced", "per_anchor", "uniform"])
+def test_float64_similarities_get_float64_weights(weighting):
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    similarity = cosine_similarity(torch.randn(9, 5, dtype=torch.float64))
+    pairs = PairMiner(weighting=weighting).mine(similarity, labels, labels, torch.arange(9))
+    _, w = pairs.matrices(torch.float64)
+    assert pairs.positive_weight.dtype == torch.float64
+    # Every anchor has both kinds of pair here, so each weighting's weights sum to exactly 2 or 1 in float64.
+    total = 1.0 if weighting == "uniform" else 2.0
+    assert abs(float(w.sum()) - total) < 1e-14
+
+
 def test_a_batch_that_is_not_mined_logs_no_statistics():
     miner, logged = PairMiner(), []
     miner.mine(torch.rand(4, 4), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]))

@@ -40,8 +40,9 @@ def mine(similarity, labels, reference_labels=None, anchor_index=None, strategy=
     positive, negative = select_pairs(
         similarity, positive, negative, strategy, kw.get("margin", 0.1), kw.get("negatives_per_anchor", 10)
     )
-    weights = pair_weights(positive, negative, weighting, pair_counts(positive, negative))
-    return Pairs(positive, negative, *weights, kw.get("negative_cost", 1.0)).matrices()
+    dtype = torch.promote_types(similarity.dtype, torch.float32)
+    weights = pair_weights(positive, negative, weighting, pair_counts(positive, negative), dtype)
+    return Pairs(positive, negative, *weights, kw.get("negative_cost", 1.0)).matrices(dtype)
 
 
 def loop_reference(similarity, labels, anchor_index, strategy, weighting, negative_cost, margin, k):
@@ -64,8 +65,8 @@ def loop_reference(similarity, labels, anchor_index, strategy, weighting, negati
     n_pos = sum(1 for v in kept.values() if v == 1)
     n_neg = sum(1 for v in kept.values() if v == -1)
     anchors = {i for i, _ in kept}
-    m = torch.zeros(rows, cols)
-    w = torch.zeros(rows, cols)
+    m = torch.zeros(rows, cols, dtype=similarity.dtype)
+    w = torch.zeros(rows, cols, dtype=similarity.dtype)
     for (i, j), sign in kept.items():
         m[i, j] = 1.0 if sign == 1 else -negative_cost
         if weighting == "balanced":
@@ -141,16 +142,18 @@ def test_topk_negatives_keeps_all_negatives_when_an_anchor_has_fewer_than_k():
 
 
 @pytest.mark.parametrize("strategy, weighting", list(itertools.product(STRATEGIES, WEIGHTINGS)))
-def test_matches_the_plain_loop_reference(strategy, weighting):
+def test_matches_the_plain_loop_reference_in_float64(strategy, weighting):
     similarity, labels = random_batch()
+    similarity = similarity.double()
     m, w = mine(
         similarity, labels, strategy=strategy, weighting=weighting, negative_cost=3.0, margin=0.2, negatives_per_anchor=4
     )
     expected_m, expected_w = loop_reference(
         similarity, labels.tolist(), list(range(len(labels))), strategy, weighting, negative_cost=3.0, margin=0.2, k=4
     )
-    torch.testing.assert_close(m, expected_m)
-    torch.testing.assert_close(w, expected_w)
+    torch.testing.assert_close(m, expected_m, rtol=0, atol=0)
+    # float64 weights: float32 ones would be off by about 3e-8.
+    torch.testing.assert_close(w, expected_w, rtol=1e-15, atol=0)
 
 
 @pytest.mark.parametrize("strategy, weighting", list(itertools.product(STRATEGIES, WEIGHTINGS)))
