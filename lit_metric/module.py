@@ -176,7 +176,7 @@ class MetricLearningModule(L.LightningModule):
 
     def _log_metrics(self, stage: str, metrics: RetrievalMetrics) -> None:
         if self.trainer.sanity_checking:
-            # The sanity check sees only the first batches; a re-ID set read queries first may hold no gallery yet.
+            # The sanity check sees only the first batches: scores of a few items would be logged as the epoch's.
             metrics.reset()
             return
         values = metrics.compute()

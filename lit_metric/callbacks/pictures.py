@@ -6,6 +6,7 @@ and leaves the user's matplotlib backend alone."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,6 +125,9 @@ class RetrievalPictures(L.Callback):
 
     def _figures(self, trainer: L.Trainer, items: dict[str, Tensor]) -> dict[str, Figure]:
         dataloader = trainer.val_dataloaders
+        # Several loaders come as a list or a dict; the module's metric, and so these items, are of the first.
+        if isinstance(dataloader, Mapping):
+            dataloader = next(iter(dataloader.values()))
         dataset = (dataloader[0] if isinstance(dataloader, (list, tuple)) else dataloader).dataset
         labels, indexes = items["labels"], items["indexes"]
         queries, neighbours = retrieval_examples(

@@ -241,9 +241,8 @@ class ReIDDataModule(L.LightningDataModule):
             train_labels, hp.classes_per_batch, hp.samples_per_class, hp.replacement, train_names, "the training split"
         )
         self.train_set = self._dataset(train, train_labels, self.train_transforms)
-        evaluated = query + gallery
+        evaluated, is_query = _interleaved(query, gallery)
         eval_names = sorted({image.identity for image in evaluated}, key=natural_key)
-        is_query = torch.arange(len(evaluated)) < len(query)
         eval_labels = self._labels(evaluated, eval_names)
         flags = {"is_query": is_query, "is_gallery": ~is_query}
         self.eval_set = self._dataset(evaluated, eval_labels, self.eval_transforms, **flags)
@@ -284,3 +283,13 @@ class ReIDDataModule(L.LightningDataModule):
 
     def _eval_loader(self) -> DataLoader:
         return eval_loader(self.eval_set, self.hparams.eval_batch_size, self.hparams.num_workers)
+
+
+def _interleaved(query: list[ReIDImage], gallery: list[ReIDImage]) -> tuple[list[ReIDImage], torch.Tensor]:
+    """Queries and gallery images in one list, each role spread evenly over it, and the ``is_query`` flags: every
+    prefix, such as the batches that ``limit_val_batches`` keeps, then holds both roles in proportion."""
+    spread = [((i + 0.5) / len(query), i) for i in range(len(query))]
+    spread += [((i + 0.5) / len(gallery), len(query) + i) for i in range(len(gallery))]
+    order = [position for _, position in sorted(spread)]
+    images = query + gallery
+    return [images[position] for position in order], torch.tensor(order) < len(query)

@@ -18,6 +18,7 @@ from lit_metric.callbacks.pictures import (
     retrieval_examples,
 )
 from lit_metric.data import DigitsDataModule
+from lit_metric.data.loaders import eval_loader
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,33 @@ def test_the_last_epoch_is_drawn_even_off_the_cycle(tmp_path):
         callbacks=[RetrievalPictures(num_queries=2, k=2, every_n_epochs=5)],
     )
     trainer.fit(MetricLearningModule(ConvEmbedder(1, 8, channels=[8])), DigitsDataModule())
+    assert (tmp_path / "pictures" / "retrieval_grid-epoch000.png").is_file()
+
+
+class FirstLoaderValidation(MetricLearningModule):
+    """Scores the first of several validation loaders and only embeds the others."""
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return super().validation_step(batch, batch_idx) if dataloader_idx == 0 else self.embed(batch["image"])
+
+
+class TwoValidationLoaders(DigitsDataModule):
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+
+    def val_dataloader(self):
+        loaders = [eval_loader(self.holdout_set, 256, 0), eval_loader(self.train_set, 256, 0)]
+        return dict(zip(["holdout", "train"], loaders)) if self.as_dict else loaders
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_several_validation_loaders_in_a_list_or_a_dict_draw_the_first(tmp_path, as_dict):
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        default_root_dir=tmp_path, callbacks=[RetrievalPictures(num_queries=2, k=2)],
+    )
+    trainer.fit(FirstLoaderValidation(ConvEmbedder(1, 8, channels=[8])), TwoValidationLoaders(as_dict))
     assert (tmp_path / "pictures" / "retrieval_grid-epoch000.png").is_file()
 
 

@@ -1,6 +1,7 @@
 """Specification of ImageFolderDataModule: class folders of any PIL format, split by class, P x K batches."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +200,19 @@ def test_empty_class_folder_is_named(tmp_path, write_image):
     datamodule = ImageFolderDataModule(root=str(root))
     with pytest.raises(ValueError, match=re.escape(f"class folder '{root / 's2'}' has no image files")):
         datamodule.setup("fit")
+
+
+def test_hidden_folders_and_files_are_not_data(tmp_path, write_image):
+    for person in range(1, 5):
+        for shot in range(1, 4):
+            write_image(tmp_path / f"s{person}" / f"{shot}.pgm", (14, 12), seed=person)
+    # Jupyter's checkpoints folder and macOS' metadata files next to the images.
+    write_image(tmp_path / ".ipynb_checkpoints" / "1.pgm", (14, 12))
+    (tmp_path / "s1" / "._1.pgm").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    datamodule = ImageFolderDataModule(root=str(tmp_path), **SMALL_BATCHES)
+    datamodule.setup("fit")
+    assert datamodule.classes == ["s1", "s2", "s3", "s4"]
+    assert all(not Path(path).name.startswith(".") for path in datamodule.train_set.paths)
 
 
 def test_unreadable_image_is_named_by_its_path(mixed_folder):

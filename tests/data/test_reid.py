@@ -123,6 +123,19 @@ def test_evaluation_batches_feed_the_re_id_protocol_of_the_retrieval_metric(mark
     assert float(result["map@r"]) == 1.0
 
 
+def test_every_prefix_of_the_evaluation_set_holds_queries_and_gallery_in_proportion(market_root):
+    # Partial validation (limit_val_batches) then still has a gallery to search.
+    datamodule = ReIDDataModule(root=str(market_root), classes_per_batch=4, samples_per_class=2)
+    datamodule.setup("fit")
+    is_query = datamodule.eval_set.extras["is_query"]
+    queries_so_far = is_query.long().cumsum(0)
+    seen = torch.arange(1, len(is_query) + 1)
+    share = int(is_query.sum()) / len(is_query)
+    assert bool(((queries_so_far - share * seen).abs() <= 1).all())
+    third = is_query[: len(is_query) // 3]
+    assert bool(third.any()) and not bool(third.all())
+
+
 # Bad inputs fail with the argument or the path and what was expected.
 
 
