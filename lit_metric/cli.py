@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import netrc
 import os
+from pathlib import Path
+from urllib.parse import urlparse
 
 import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_metric.module import MetricLearningModule
@@ -18,24 +21,35 @@ __all__ = ["LitMetricCLI", "main", "run", "wandb_offline_unless_logged_in"]
 def wandb_offline_unless_logged_in() -> None:
     """Set ``WANDB_MODE=offline`` when the user has neither chosen a mode nor given W&B an API key.
 
-    Runs then stay on disk and ``wandb sync`` can upload them later, instead of W&B prompting for a login.
+    Runs then stay on disk and ``wandb sync`` can upload them later, instead of W&B prompting for a login. The key
+    is looked up where ``wandb login`` puts it: the netrc file (``NETRC``, else ``~/.netrc`` or ``~/_netrc``) entry
+    of the W&B host (``WANDB_BASE_URL``, else api.wandb.ai).
     """
     if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
         return
-    try:
-        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        logged_in = False
-    if not logged_in:
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    home = Path.home()
+    files = [Path(os.environ["NETRC"])] if os.environ.get("NETRC") else [home / ".netrc", home / "_netrc"]
+    if not any(_has_login(file, host) for file in files):
         os.environ["WANDB_MODE"] = "offline"
 
 
+def _has_login(file: Path, host: str | None) -> bool:
+    try:
+        # An explicit path: netrc's default file is refused when others may read it, which wandb does not do.
+        return netrc.netrc(str(file)).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class LogConfigCallback(SaveConfigCallback):
-    """Saves the resolved config next to the logs, as LightningCLI does, and logs it as hyperparameters.
+    """Saves the resolved config into each logger's run folder and logs it as hyperparameters.
 
     Every logger (W&B, TensorBoard, CSV) then holds the whole run configuration, defaults included, as a nested
     dict under ``trainer``, ``model``, ``data``, ``seed_everything`` and so on, instead of only the module's
-    ``__init__`` arguments.
+    ``__init__`` arguments. The ``config.yaml`` goes into the run's own folder (W&B's run files, which sync uploads,
+    or a CSV or TensorBoard version folder), never into a folder that runs share, such as the working directory
+    without a logger, where it could replace a user's file.
     """
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -43,6 +57,21 @@ class LogConfigCallback(SaveConfigCallback):
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
+            folder = run_folder(logger)
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.parser.save(
+                    self.config, str(folder / self.config_filename), skip_none=False, overwrite=True,
+                    multifile=self.multifile,
+                )
+
+
+def run_folder(logger: Logger) -> Path | None:
+    """The folder of this run alone: W&B's run files, a versioned log folder, or ``None`` for a logger without one."""
+    if isinstance(logger, WandbLogger):
+        return Path(logger.experiment.dir)
+    log_dir = logger.log_dir
+    return None if log_dir is None else Path(log_dir)
 
 
 class LitMetricCLI(LightningCLI):
@@ -76,6 +105,8 @@ def run(args: list[str] | None = None) -> LitMetricCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=LogConfigCallback,
-        save_config_kwargs={"overwrite": True},
+        # LightningCLI's own save goes to trainer.log_dir, which W&B runs share and which is the working directory
+        # without a logger; LogConfigCallback saves into each run's folder instead.
+        save_config_kwargs={"save_to_log_dir": False},
         args=args,
     )

@@ -45,6 +45,22 @@ def test_fit_writes_an_offline_wandb_run(fitted):
     assert list(runs[0].glob("run-*.wandb")), "the offline run has no event log for `wandb sync`"
 
 
+def test_the_resolved_config_goes_into_the_run_s_own_folder_only(fitted):
+    workdir, _ = fitted
+    (run,) = (workdir / "runs" / "digits" / "wandb").glob("offline-run-*")
+    saved = (run / "files" / "config.yaml").read_text()
+    assert "max_epochs: 2" in saved and "class_path: lit_metric.MetricLearningModule" in saved
+    # Not where runs share a folder: the logger's save_dir, or the working directory.
+    assert not (workdir / "runs" / "digits" / "config.yaml").exists() and not (workdir / "config.yaml").exists()
+
+
+def test_without_a_logger_no_config_file_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("# the user's own file\n")
+    run(["fit", "--config", CONFIG, *SHORT[1:], "--trainer.max_epochs=1", "--trainer.logger=false"])
+    assert (tmp_path / "config.yaml").read_text() == "# the user's own file\n"
+
+
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
 def test_validate_and_test_a_checkpoint(fitted, subcommand, monkeypatch):
     workdir, cli = fitted
@@ -88,18 +104,31 @@ def test_python_dash_m_is_the_console_script():
     assert "{fit,validate,test,predict}" in result.stdout
 
 
+LOGIN = "machine api.wandb.ai\n  login user\n  password k\n"
+
+
 @pytest.mark.parametrize(
-    ("env", "netrc", "expected"),
-    [({}, "", "offline"), ({"WANDB_API_KEY": "k"}, "", None), ({"WANDB_MODE": "online"}, "", "online"),
-     ({}, "machine api.wandb.ai\n  login user\n  password k\n", None)],
+    ("env", "netrc", "mode", "expected"),
+    [
+        ({}, "", 0o600, "offline"),
+        ({"WANDB_API_KEY": "k"}, "", 0o600, None),
+        ({"WANDB_MODE": "online"}, "", 0o600, "online"),
+        ({}, LOGIN, 0o600, None),
+        # wandb reads a netrc that others may read too, as Python's netrc refuses to by default.
+        ({}, LOGIN, 0o644, None),
+        ({"WANDB_BASE_URL": "https://wandb.example.com"}, LOGIN, 0o600, "offline"),
+        ({"WANDB_BASE_URL": "https://wandb.example.com"}, LOGIN.replace("api.wandb.ai", "wandb.example.com"), 0o600, None),
+        ({"NETRC": "elsewhere"}, LOGIN, 0o600, None),
+    ],
 )
-def test_wandb_goes_offline_without_an_api_key(env, netrc, expected, tmp_path, monkeypatch):
-    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+def test_wandb_goes_offline_without_an_api_key(env, netrc, mode, expected, tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "NETRC"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    (tmp_path / ".netrc").write_text(netrc)
-    (tmp_path / ".netrc").chmod(0o600)
+        monkeypatch.setenv(name, str(tmp_path / value) if name == "NETRC" else value)
+    netrc_file = tmp_path / env.get("NETRC", ".netrc")
+    netrc_file.write_text(netrc)
+    netrc_file.chmod(mode)
     monkeypatch.setenv("HOME", str(tmp_path))
     wandb_offline_unless_logged_in()
     assert __import__("os").environ.get("WANDB_MODE") == expected
