@@ -20,7 +20,10 @@ similarity of its final ``k``-th neighbour: the ``k``-th best similarity found s
 into groups and one pass takes each group's maximum; only the groups whose maximum reaches the query's threshold are
 read again. As thresholds rise, that pass dismisses nearly all of a tile. A query's first tiles, up to three at
 once, set its threshold to the ``k``-th largest maximum of unions of a few groups, which ``k`` items reach; the
-``k``-th best of three tiles is a tighter bound than of one, so the later tiles pass fewer candidates.
+``k``-th best of three tiles is a tighter bound than of one, so the later tiles pass fewer candidates. On a CPU with
+a C compiler, a compiled scan (:mod:`lit_metric.functional._scan`) replaces the maxima and the second read: it reads
+each tile once and emits the entries that reach their row's threshold and, in leave-one-out, their column's; a
+query's first tile alone then sets its first threshold. Both paths find bitwise the same neighbours.
 
 Neighbours are held as int64 keys that order as (similarity, -position), so a single ``topk`` over the keys merges
 new candidates with the ones kept, ties included, exactly. Scores are float32 matrix products. All tiles of a search
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_metric.functional._checks import check_matrix, check_positive_int
+from lit_metric.functional._scan import TileScan, tile_scan
 
 __all__ = ["cosine_knn", "float32_products", "normalize"]
 
@@ -48,6 +52,9 @@ _FIRST_UNION = 4
 # Tiles that set a query's first threshold together, each held in its own buffer. Three cut the candidates per query
 # from 184 to 121 at N = 60,000 (k = 49) and the search time by 3-7% in side-by-side runs; four were no faster.
 _FIRST_TILES = 3
+# With the compiled scan one first tile was faster (4.27 against 4.48 s at N = 60,000): candidates cost it little,
+# and the group maxima of each further first tile are one more read of it.
+_FIRST_TILES_SCANNED = 1
 # Rows of a tile are taken in this many slices, which bounds the candidate arrays to a quarter of the tile when all of
 # it passes. Fewer, larger slices synchronise a GPU less often: 1,000,000 items on an H200 with chunk_size 32768 took
 # 10 s, against 57 s in slices of 2**24 candidates.
@@ -133,12 +140,19 @@ def cosine_knn(
     group = _group_size(column_side, k)
     row_tiles, column_tiles = -(-num_queries // row_side), -(-gallery_size // column_side)
     excluded = None if query_keys is None else equal_key_pairs(query_keys, gallery_keys, row_side)
+    function = tile_scan() if q.device.type == "cpu" else None
+    scan = None
+    if function is not None:
+        threads = torch.get_num_threads()
+        # Candidates of both directions and all threads hold at most a quarter of a tile's values; a range of rows
+        # must hold one row's worth.
+        scan = TileScan(function, max(column_side, row_side * column_side // (8 * threads)), threads)
     # Buffers reused for every tile: a fresh allocation this large would be paged in again for each.
     buffers = [
         torch.empty(row_side, column_side, dtype=torch.float32, device=q.device)
-        for _ in range(min(_FIRST_TILES, column_tiles))
+        for _ in range(min(_FIRST_TILES if scan is None else _FIRST_TILES_SCANNED, column_tiles))
     ]
-    neighbours = _Neighbours(row_tiles * row_side, k, group, row_side * column_side, len(buffers), q.device)
+    neighbours = _Neighbours(row_tiles * row_side, k, group, row_side * column_side, len(buffers), q.device, scan)
     # Backwards, so that in leave-one-out each query meets its own row of tiles before it meets them as columns.
     for row_tile in reversed(range(row_tiles)) if symmetric else range(row_tiles):
         row_start = row_tile * row_side
@@ -160,11 +174,9 @@ def cosine_knn(
                     inside = (chunk_columns >= column_start) & (chunk_columns < column_start + column_side)
                     tile[chunk_rows[inside], chunk_columns[inside] - column_start] = float("-inf")
                 tiles.append(tile)
-            neighbours.offer(tiles, row_start, [column_tile * column_side for column_tile in batch])
-            if symmetric:
-                for column_tile, tile in zip(batch, tiles):
-                    if column_tile != row_tile:
-                        neighbours.offer([tile.T], column_tile * column_side, [row_start])
+            # In leave-one-out a tile off the diagonal also serves its columns as queries, its rows as their items.
+            both = [symmetric and column_tile != row_tile for column_tile in batch]
+            neighbours.offer(tiles, row_start, [column_tile * column_side for column_tile in batch], both)
     scores, indices = neighbours.ranked()
     return scores[:num_queries], indices[:num_queries]
 
@@ -215,7 +227,14 @@ class _Neighbours:
     """The best ``k`` neighbours found so far of every query, as keys, and every query's threshold."""
 
     def __init__(
-        self, num_queries: int, k: int, group: int, tile_size: int, tiles_per_offer: int, device: torch.device
+        self,
+        num_queries: int,
+        k: int,
+        group: int,
+        tile_size: int,
+        tiles_per_offer: int,
+        device: torch.device,
+        scan: TileScan | None = None,
     ) -> None:
         self.k, self.group = k, group
         self.maxima = [
@@ -225,21 +244,53 @@ class _Neighbours:
         self.keys = torch.full((num_queries, k), self.empty, dtype=torch.int64, device=device)
         self.threshold = torch.full((num_queries,), float("-inf"), dtype=torch.float32, device=device)
         self.mask = torch.empty(tile_size // group, dtype=torch.bool, device=device)
+        self.scan = scan
 
-    def offer(self, tiles: list[Tensor], query_start: int, gallery_starts: list[int]) -> None:
+    def offer(
+        self, tiles: list[Tensor], query_start: int, gallery_starts: list[int], both: list[bool] | None = None
+    ) -> None:
         """Take the candidates of ``(B_q, B_g)`` tiles of the same queries: rows are queries from ``query_start`` on,
         columns gallery items from the tile's gallery start on. ``B_g`` is a multiple of the group size. Queries
-        without a threshold get their first one from all the tiles."""
-        all_maxima = [_group_maxima(tile, self.group, out) for tile, out in zip(tiles, self.maxima)]
-        num_queries, num_groups = all_maxima[0].shape
-        if num_groups * len(tiles) >= self.k:
-            threshold = self.threshold[query_start : query_start + num_queries]
-            fresh = (threshold == float("-inf")).nonzero().squeeze(1)
-            if len(fresh):
-                everyone = len(fresh) == num_queries
-                threshold[fresh] = _first_threshold([m if everyone else m[fresh] for m in all_maxima], self.k)
+        without a threshold get their first one from all the tiles. A tile flagged in ``both`` then also offers its
+        columns as queries from its gallery start, its rows as their items from ``query_start`` (leave-one-out)."""
+        both = both or [False] * len(tiles)
+        num_queries, num_groups = len(tiles[0]), tiles[0].shape[1] // self.group
+        threshold = self.threshold[query_start : query_start + num_queries]
+        fresh = (threshold == float("-inf")).nonzero().squeeze(1) if num_groups * len(tiles) >= self.k else []
+        # The compiled scan needs no maxima; the torch path reads a tile's candidates through them.
+        all_maxima = (
+            [_group_maxima(tile, self.group, out) for tile, out in zip(tiles, self.maxima)]
+            if self.scan is None or len(fresh)
+            else []
+        )
+        if len(fresh):
+            everyone = len(fresh) == num_queries
+            threshold[fresh] = _first_threshold([m if everyone else m[fresh] for m in all_maxima], self.k)
+        if self.scan is not None:
+            for tile, gallery_start, columns_too in zip(tiles, gallery_starts, both):
+                self._take_scanned(tile, query_start, gallery_start, columns_too)
+            return
         for tile, maxima, gallery_start in zip(tiles, all_maxima, gallery_starts):
             self._take(tile, maxima, query_start, gallery_start)
+        for tile, gallery_start, columns_too in zip(tiles, gallery_starts, both):
+            if columns_too:
+                self.offer([tile.T], gallery_start, [query_start])
+
+    def _take_scanned(self, tile: Tensor, query_start: int, gallery_start: int, columns_too: bool) -> None:
+        """Merge the items of ``tile`` that reach their query's threshold, found by the compiled scan: of its rows
+        and, with ``columns_too``, of its columns, in one read of the tile."""
+        num_queries, width = tile.shape
+        # The lowest finite floor keeps out the -inf of padding and exclusions while a threshold is still -inf.
+        lowest = torch.finfo(torch.float32).min
+        row_floor = self.threshold[query_start : query_start + num_queries].clamp(min=lowest)
+        column_floor = self.threshold[gallery_start : gallery_start + width].clamp(min=lowest) if columns_too else None
+        for rows, columns in self.scan(tile, row_floor, column_floor):
+            query, item, score = rows
+            self._merge(query_start, num_queries, query, _keys(score, item + gallery_start))
+            if columns is not None:
+                query, order = columns[0].sort()
+                item, score = columns[1][order], columns[2][order]
+                self._merge(gallery_start, width, query, _keys(score, item + query_start))
 
     def _take(self, tile: Tensor, maxima: Tensor, query_start: int, gallery_start: int) -> None:
         """Merge the items of ``tile`` that reach their query's threshold, found through the tile's group ``maxima``."""
