@@ -34,6 +34,12 @@ def exactness(x: torch.Tensor, k: int) -> str:
     error = (scores.double() - similarity.gather(1, neighbours)).abs().max().item()
     summary = (f"{len(x) - int(differ.sum()):,} of {len(x):,} rankings (k = {k}) equal float64's, scores within "
                f"{error:.1e} of float64")
+    if x.device.type != "cpu":
+        # The CPU search (the compiled scan where a C compiler is) against this device's, on the same items.
+        cpu_scores, cpu_neighbours = cosine_knn(x.cpu(), k)
+        same = int((cpu_neighbours == neighbours.cpu()).all(dim=1).sum())
+        summary += (f"; {same:,} equal the CPU's, scores within {(cpu_scores - scores.cpu()).abs().max().item():.1e} "
+                    "of the CPU's")
     if not differ.any():
         return summary
     # Where the orders differ, the float64 similarities rank by rank show how close the swapped items are.
