@@ -13,10 +13,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,9 +27,14 @@ from torch import Tensor
 
 __all__ = ["TileScan", "tile_scan"]
 
+_ROWS_PER_THREAD = 256
+
 _SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 typedef float floats __attribute__((vector_size(64)));
 typedef int32_t masks __attribute__((vector_size(64)));
@@ -36,7 +43,7 @@ static inline floats load(const float *p) { floats v; memcpy(&v, p, sizeof v); r
 
 static inline int any(masks m) {
 #if defined(__AVX512F__)
-    return __builtin_ia32_ptestmd512(m, m, (unsigned short)-1) != 0;
+    return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
 #else
     int64_t w[sizeof m / 8];
     memcpy(w, &m, sizeof m);
@@ -95,29 +102,45 @@ int64_t scan(const float *tile, int64_t width, int64_t begin, int64_t end, const
 
 @functools.cache
 def tile_scan() -> Callable[..., int] | None:
-    """The compiled ``scan`` function, or ``None`` where no C compiler builds it (the search then uses torch alone).
+    """The compiled ``scan`` function, or ``None`` where no C compiler builds it (the search then uses torch alone,
+    about a quarter slower, and a warning says so once; ``LIT_METRIC_NO_SCAN_KERNEL=1`` chooses that silently).
 
-    Built once per process for this CPU (``-march=native``), so that a library built elsewhere never runs here.
+    Built once per process for this CPU (``-march=native``, or without it for compilers that refuse the flag), so
+    that a library built elsewhere never runs here.
     """
     if os.environ.get("LIT_METRIC_NO_SCAN_KERNEL"):
         return None
-    compiler = shutil.which(os.environ.get("CC") or "cc")
-    if compiler is None:
-        return None
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as folder:
-        source, library = Path(folder) / "scan.c", Path(folder) / "scan.so"
-        source.write_text(_SOURCE)
-        command = [compiler, "-O3", "-march=native", "-shared", "-fPIC", str(source), "-o", str(library)]
-        try:
-            if subprocess.run(command, capture_output=True, timeout=60).returncode != 0:
-                return None
+    compiler = shlex.split(os.environ.get("CC") or "cc")
+    if not compiler or shutil.which(compiler[0]) is None:
+        return _torch_alone(f"no C compiler {compiler[0] if compiler else ''!r} was found (set CC to one)")
+    try:
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as folder:
+            source, library = Path(folder) / "scan.c", Path(folder) / "scan.so"
+            source.write_text(_SOURCE)
+            for flags in (["-O3", "-march=native"], ["-O3"]):
+                command = [*compiler, *flags, "-shared", "-fPIC", str(source), "-o", str(library)]
+                built = subprocess.run(command, capture_output=True, text=True, timeout=60)
+                if built.returncode == 0:
+                    break
+            else:
+                return _torch_alone(f"{' '.join(compiler)} failed: {built.stderr.strip()[-300:]}")
             function = ctypes.CDLL(str(library)).scan
-        except (OSError, subprocess.SubprocessError):
-            return None
+    except (OSError, subprocess.SubprocessError) as error:
+        return _torch_alone(f"building or loading it failed: {error}")
     function.restype = ctypes.c_int64
     pointer, integer = ctypes.c_void_p, ctypes.c_int64
     function.argtypes = [pointer, integer, integer, integer, pointer, pointer, integer, *[pointer] * 8]
     return function
+
+
+def _torch_alone(reason: str) -> None:
+    warnings.warn(
+        f"lit_metric's compiled tile scan is not available, so the exact search runs in torch alone, about a quarter "
+        f"slower, with the same results: {reason}. LIT_METRIC_NO_SCAN_KERNEL=1 chooses torch alone without this warning.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return None
 
 
 class TileScan:
@@ -155,10 +178,17 @@ class TileScan:
         height, width = tile.shape
         if row_floor.shape != (height,) or (column_floor is not None and column_floor.shape != (width,)):
             raise ValueError(f"the floors must have shapes ({height},) and ({width},) to match the tile")
-        share = -(-height // len(self.ranges))
+        if width > self.capacity:
+            # The function takes whole rows: it could never take a row wider than its buffers.
+            raise ValueError(f"tiles may be at most `capacity` = {self.capacity} wide, got width {width}")
+        if height == 0:
+            return
+        # A thread per a few hundred rows at least: starting one costs more than scanning fewer.
+        ranges = self.ranges[: max(1, min(len(self.ranges), height // _ROWS_PER_THREAD))]
+        share = -(-height // len(ranges))
         pending = [(start, min(start + share, height)) for start in range(0, height, share)]
         while pending:
-            jobs = list(zip(self.ranges, pending))
+            jobs = list(zip(ranges, pending))
             ends: list[int | None] = [None] * len(jobs)
             # Torch calls stay in this thread: a helper thread has no inference mode, e.g. Lightning's validation's,
             # and may not touch tensors made in it.
@@ -177,9 +207,10 @@ class TileScan:
             helpers = [threading.Thread(target=scan, args=(slot,)) for slot in range(1, len(jobs))]
             for helper in helpers:
                 helper.start()
-            scan(0)
-            for helper in helpers:
-                helper.join()
+            try:
+                scan(0)
+            finally:
+                _join(helpers)
             if None in ends:
                 raise RuntimeError("the compiled tile scan failed in a helper thread; see the exception printed above")
             rows = _joined([candidates.found(0) for candidates, _ in jobs])
@@ -211,6 +242,20 @@ class _Candidates:
         count = int(self.counts[direction])
         query, item, score = self.directions[direction]
         return [query[:count].long(), item[:count].long(), score[:count].clone()]
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    """Wait for every thread even through a KeyboardInterrupt, then raise it: a thread still in the C function
+    writes into buffers that must not be freed under it."""
+    interrupted: BaseException | None = None
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except BaseException as error:
+                interrupted = error
+    if interrupted is not None:
+        raise interrupted
 
 
 def _joined(parts: list[list[Tensor]]) -> list[Tensor]:

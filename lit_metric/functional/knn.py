@@ -116,8 +116,8 @@ def cosine_knn(
                 raise ValueError(f"`{name}` must be rows of unit length when `normalized` is True, as `normalize` makes")
         q, g = queries, queries if symmetric else gallery
     else:
-        q = normalize(queries)
-        g = q if symmetric else normalize(gallery)
+        q = normalize(queries, "queries")
+        g = q if symmetric else normalize(gallery, "gallery")
     num_queries, gallery_size = len(q), len(g)
     if k > gallery_size:
         raise ValueError(f"`k` must be between 1 and the gallery size {gallery_size}, got {k}")
@@ -200,10 +200,21 @@ def float32_products(device: torch.device) -> Iterator[None]:
             setattr(matmul, flag, previous)
 
 
-def normalize(x: Tensor) -> Tensor:
+def normalize(x: Tensor, name: str = "embeddings") -> Tensor:
     """``(N, D)`` rows scaled to unit length, in float32 and row-major, so that every tile's product takes the same
-    kernel path."""
-    return F.normalize(x.float(), dim=1).contiguous()
+    kernel path.
+
+    Raises:
+        ValueError: naming ``name`` when a value is beyond the float32 range, e.g. 1e300 in float64: it would turn
+            into inf in float32 and its row into NaN, which no ranking can hold.
+    """
+    unit = F.normalize(x.float(), dim=1).contiguous()
+    if not bool(unit.isfinite().all()):
+        raise ValueError(
+            f"`{name}` must be finite in float32, |x| <= {torch.finfo(torch.float32).max:.4g}; a value beyond that "
+            "range becomes inf"
+        )
+    return unit
 
 
 def equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: int) -> list[tuple[Tensor, Tensor]]:

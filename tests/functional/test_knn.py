@@ -236,6 +236,15 @@ def test_non_finite_embeddings_are_value_errors(where):
         cosine_knn(queries, 2, gallery, chunk_size=4)
 
 
+@pytest.mark.parametrize("where", ["queries", "gallery"])
+def test_values_beyond_the_float32_range_are_value_errors(where):
+    # Finite in float64, inf in float32: the row would become NaN and rank nothing, differently on each path.
+    queries, gallery = torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    {"queries": queries, "gallery": gallery}[where][1, 2] = 1e300
+    with pytest.raises(ValueError, match=f"`{where}` must be finite in float32"):
+        cosine_knn(queries, 2, gallery, chunk_size=4)
+
+
 def test_bad_arguments_are_value_errors():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"`queries` must have shape \(N, D\), got shape \(4,\)"):

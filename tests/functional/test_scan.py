@@ -24,16 +24,41 @@ def test_the_scan_is_built_where_a_c_compiler_is():
     assert tile_scan() is not None
 
 
-@pytest.mark.parametrize("environment", [{"CC": "/nonexistent/cc"}, {"LIT_METRIC_NO_SCAN_KERNEL": "1"}])
-def test_without_a_compiler_or_when_switched_off_there_is_no_scan(monkeypatch, environment):
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
+def test_without_a_compiler_the_search_warns_once_that_it_runs_in_torch_alone(monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
     tile_scan.cache_clear()
     try:
-        assert tile_scan() is None
+        with pytest.warns(RuntimeWarning, match="no C compiler '/nonexistent/cc' was found"):
+            assert tile_scan() is None
     finally:
         monkeypatch.undo()
         tile_scan.cache_clear()
+
+
+def test_switched_off_there_is_no_scan_and_no_warning(monkeypatch, recwarn):
+    monkeypatch.setenv("LIT_METRIC_NO_SCAN_KERNEL", "1")
+    tile_scan.cache_clear()
+    try:
+        assert tile_scan() is None
+        assert not recwarn.list
+    finally:
+        monkeypatch.undo()
+        tile_scan.cache_clear()
+
+
+def test_a_compiler_command_with_arguments_and_one_that_refuses_march_native_still_build(monkeypatch, tmp_path):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here")
+    refusing = tmp_path / "cc"
+    refusing.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec cc "$@"\n')
+    refusing.chmod(0o755)
+    for compiler in ("cc -m64", str(refusing)):
+        monkeypatch.setenv("CC", compiler)
+        tile_scan.cache_clear()
+        try:
+            assert tile_scan() is not None, compiler
+        finally:
+            tile_scan.cache_clear()
 
 
 def reference(tile, row_floor, column_floor):
@@ -68,6 +93,13 @@ def test_the_scan_finds_exactly_the_entries_that_reach_their_floors(function, wi
         assert batches > 1, "buffers of one row's worth must take several batches"
     # Rows only: no column candidates.
     assert all(columns is None for _, columns in scan(tile, row_floor, None))
+
+
+def test_tiles_wider_than_the_buffers_are_refused_and_empty_tiles_give_nothing(function):
+    scan = TileScan(function, 8, threads=1)
+    with pytest.raises(ValueError, match=r"tiles may be at most `capacity` = 8 wide, got width 16"):
+        next(scan(torch.rand(4, 16), torch.zeros(4), None))
+    assert list(scan(torch.rand(0, 8), torch.zeros(0), None)) == []
 
 
 def test_the_scan_works_under_inference_mode_as_in_lightning_s_validation(function):
