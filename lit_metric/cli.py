@@ -57,7 +57,7 @@ class LogConfigCallback(SaveConfigCallback):
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
-            folder = run_folder(logger)
+            folder = _run_folder(logger)
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
                 self.parser.save(
@@ -66,7 +66,7 @@ class LogConfigCallback(SaveConfigCallback):
                 )
 
 
-def run_folder(logger: Logger) -> Path | None:
+def _run_folder(logger: Logger) -> Path | None:
     """The folder of this run alone: W&B's run files, a versioned log folder, or ``None`` for a logger without one."""
     if isinstance(logger, WandbLogger):
         return Path(logger.experiment.dir)
