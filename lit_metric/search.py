@@ -138,7 +138,7 @@ class EmbeddingIndex:
         check_matrix("queries", queries, f"(Q, {dimension})")
         if queries.shape[1] != dimension:
             raise ValueError(f"`queries` must have shape (Q, {dimension}) like the gallery, got {_describe(queries)}")
-        unit_queries = normalize(queries.to(self.embeddings.device))
+        unit_queries = normalize(queries.to(self.embeddings.device), "queries")
         scores, indices = cosine_knn(unit_queries, k, self.unit_embeddings, normalized=True)
         labels = self.labels[indices] if self.labels is not None else None
         paths = [[self.paths[i] for i in row] for row in indices.tolist()] if self.paths is not None else None

@@ -15,7 +15,7 @@ from lit_metric.functional._checks import check_choice, check_positive_int, chec
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
-    check_anchor_index,
+    check_pair_labels,
     mining_statistics,
     pair_counts,
     pair_masks,
@@ -143,8 +143,7 @@ class PairMiner(L.Callback):
                 f"`similarity` must have shape (len(labels), len(reference_labels)) = "
                 f"({labels.shape[0]}, {reference_labels.shape[0]}), got {tuple(similarity.shape)}"
             )
-        if anchor_index is not None:
-            check_anchor_index(anchor_index, labels, reference_labels)
+        check_pair_labels(labels, reference_labels, anchor_index)
         similarity = similarity.detach()
         positive = torch.empty(similarity.shape, dtype=torch.bool, device=similarity.device)
         negative = torch.empty_like(positive)
@@ -153,7 +152,7 @@ class PairMiner(L.Callback):
         for rows in row_blocks(similarity):
             block = similarity[rows]
             candidate_positive, candidate_negative = pair_masks(
-                labels[rows], reference_labels, None if anchor_index is None else anchor_index[rows]
+                labels[rows], reference_labels, None if anchor_index is None else anchor_index[rows], validate_args=False
             )
             # Every pair is a candidate but an anchor with itself: counted without a pass over the masks.
             num_candidates = torch.tensor(

@@ -117,11 +117,11 @@ def image_files(folder: Path) -> list[Path]:
     """The files in ``folder`` whose extension PIL can open, in natural order; other files and hidden ones (macOS'
     ``._1.pgm`` metadata) are ignored."""
     extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    images = [p for p in visible(folder) if p.is_file() and p.suffix.lower() in extensions]
+    images = [p for p in _visible(folder) if p.is_file() and p.suffix.lower() in extensions]
     return sorted(images, key=lambda p: natural_key(p.name))
 
 
-def visible(folder: Path) -> list[Path]:
+def _visible(folder: Path) -> list[Path]:
     """The entries of ``folder`` whose names do not start with a dot: hidden ones are tool state, such as
     ``.ipynb_checkpoints``, not data."""
     return [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -277,7 +277,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _scan(self) -> dict[str, list[Path]]:
         """Class name -> its image files in natural order."""
-        folders = sorted((p for p in visible(self.root) if p.is_dir()), key=lambda p: natural_key(p.name))
+        folders = sorted((p for p in _visible(self.root) if p.is_dir()), key=lambda p: natural_key(p.name))
         if not folders:
             raise ValueError(f"data folder {str(self.root)!r} has no class sub-folders")
         files = {}

@@ -254,7 +254,8 @@ class _Neighbours:
         self.empty = int(_keys(torch.tensor([float("-inf")], dtype=torch.float32), torch.tensor([_LAST_POSITION]))[0])
         self.keys = torch.full((num_queries, k), self.empty, dtype=torch.int64, device=device)
         self.threshold = torch.full((num_queries,), float("-inf"), dtype=torch.float32, device=device)
-        self.mask = torch.empty(tile_size // group, dtype=torch.bool, device=device)
+        # The torch path's threshold masks; the compiled scan compares in place.
+        self.mask = torch.empty(tile_size // group, dtype=torch.bool, device=device) if scan is None else None
         self.scan = scan
 
     def offer(
@@ -291,10 +292,8 @@ class _Neighbours:
         """Merge the items of ``tile`` that reach their query's threshold, found by the compiled scan: of its rows
         and, with ``columns_too``, of its columns, in one read of the tile."""
         num_queries, width = tile.shape
-        # The lowest finite floor keeps out the -inf of padding and exclusions while a threshold is still -inf.
-        lowest = torch.finfo(torch.float32).min
-        row_floor = self.threshold[query_start : query_start + num_queries].clamp(min=lowest)
-        column_floor = self.threshold[gallery_start : gallery_start + width].clamp(min=lowest) if columns_too else None
+        row_floor = self._floor(query_start, query_start + num_queries)
+        column_floor = self._floor(gallery_start, gallery_start + width) if columns_too else None
         for rows, columns in self.scan(tile, row_floor, column_floor):
             query, item, score = rows
             self._merge(query_start, num_queries, query, _keys(score, item + gallery_start))
@@ -320,12 +319,16 @@ class _Neighbours:
             mask = self.mask[: (stop - start) * num_groups].view(stop - start, num_groups)
             query, group = torch.ge(maxima[start:stop], threshold[:, None], out=mask).nonzero().unbind(1)
             scores = members[start:stop][query, group]
-            # The lowest finite floor keeps out the -inf of padding and exclusions while a threshold is still -inf.
-            floor = threshold.clamp(min=torch.finfo(torch.float32).min)[query]
+            floor = self._floor(query_start + start, query_start + stop)[query]
             kept = (scores >= floor[:, None]).view(-1).nonzero().squeeze(1)
             candidate, rank = kept // self.group, kept % self.group
             keys = _keys(scores.view(-1)[kept], group[candidate] + rank * num_groups + gallery_start)
             self._merge(query_start + start, stop - start, query[candidate], keys)
+
+    def _floor(self, start: int, stop: int) -> Tensor:
+        """The least score that queries ``start:stop`` take: their thresholds, but the lowest finite value while a
+        threshold is still -inf, which keeps out the -inf of padding and exclusions."""
+        return self.threshold[start:stop].clamp(min=torch.finfo(torch.float32).min)
 
     def _merge(self, query_start: int, num_queries: int, query: Tensor, keys: Tensor) -> None:
         """Keep the best ``k`` of the kept keys and the new ``keys`` of local queries ``query`` (ascending)."""

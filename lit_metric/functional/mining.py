@@ -21,7 +21,7 @@ __all__ = [
     "STRATEGIES",
     "WEIGHTINGS",
     "balanced_weights",
-    "check_anchor_index",
+    "check_pair_labels",
     "hard_pairs",
     "hardest_negatives",
     "mining_statistics",
@@ -39,7 +39,9 @@ STRATEGIES: tuple[str, ...] = ("all", "hard", "topk_negatives")
 WEIGHTINGS: tuple[str, ...] = ("balanced", "per_anchor", "uniform")
 
 
-def pair_masks(labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def pair_masks(
+    labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None, validate_args: bool = True
+) -> tuple[Tensor, Tensor]:
     """Positive and negative pair masks of ``labels`` against ``reference_labels``.
 
     Args:
@@ -47,16 +49,17 @@ def pair_masks(labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | 
         reference_labels: ``(R,)`` integer labels of the references.
         anchor_index: ``(B,)`` position of each anchor among the references, so that an anchor never pairs with
             itself; ``None`` when anchors and references are disjoint sets.
+        validate_args: :func:`check_pair_labels` first; a caller that checked the whole batch once passes
+            ``False`` for its blocks of rows.
 
     Returns:
         ``(positive, negative)``, two ``(B, R)`` boolean masks.
     """
-    _check_labels("labels", labels)
-    _check_labels("reference_labels", reference_labels)
+    if validate_args:
+        check_pair_labels(labels, reference_labels, anchor_index)
     same = labels[:, None] == reference_labels[None, :]
     negative = ~same
     if anchor_index is not None:
-        check_anchor_index(anchor_index, labels, reference_labels)
         same[torch.arange(labels.shape[0], device=labels.device), anchor_index] = False
     return same, negative
 
@@ -261,10 +264,14 @@ def _masked_extreme(similarity: Tensor, mask: Tensor, extreme: Literal["min", "m
     return torch.where(mask, similarity, -float("inf")).amax(dim=1, keepdim=True)
 
 
-def check_anchor_index(anchor_index: Tensor, labels: Tensor, reference_labels: Tensor) -> None:
-    """Raise a ValueError unless ``anchor_index`` is a ``(B,)`` integer tensor of positions among the references that
-    hold the anchors' own labels: a wrong position would silently drop a real positive and count the anchor's pair
-    with itself."""
+def check_pair_labels(labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None) -> None:
+    """Raise a ValueError naming the argument unless ``labels`` and ``reference_labels`` are 1-D integer tensors and
+    ``anchor_index``, if given, is a ``(B,)`` integer tensor of positions among the references that hold the anchors'
+    own labels: a wrong position would silently drop a real positive and count the anchor's pair with itself."""
+    _check_labels("labels", labels)
+    _check_labels("reference_labels", reference_labels)
+    if anchor_index is None:
+        return
     if anchor_index.shape != labels.shape or anchor_index.is_floating_point() or anchor_index.dtype == torch.bool:
         raise ValueError(
             f"`anchor_index` must be an integer tensor of the shape of `labels` {tuple(labels.shape)}, got "

@@ -65,7 +65,7 @@ def cosine_average_precision(
     """
     # Zero rows pad the gallery to a multiple of 8, as cosine_knn pads its tiles: products of other widths can round
     # exact duplicates apart, which would break the tie rule.
-    q, g = normalize(queries), F.pad(normalize(gallery), (0, 0, 0, -len(gallery) % 8))
+    q, g = normalize(queries, "queries"), F.pad(normalize(gallery, "gallery"), (0, 0, 0, -len(gallery) % 8))
     gallery_size = len(gallery)
     rows_per_chunk = max(1, chunk_size * chunk_size // (16 * gallery_size))
     ranks = torch.arange(1, gallery_size + 1, device=q.device, dtype=torch.float64)

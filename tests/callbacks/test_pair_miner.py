@@ -136,6 +136,20 @@ def test_anchor_index_of_the_wrong_shape_is_a_value_error():
         PairMiner().mine(torch.zeros(4, 4), labels, labels, torch.arange(3))
 
 
+@pytest.mark.parametrize(
+    ("labels", "anchor_index", "message"),
+    [
+        (torch.tensor([0.0, 0.0, 1.0, 1.0]), torch.arange(4), r"`labels` must be an integer tensor, got dtype torch.float32"),
+        (torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0, 3, 4]), r"`anchor_index` must hold positions in \[0, 4\)"),
+        (torch.tensor([0, 0, 1, 1]), torch.tensor([2, 0, 1, 3]), "`anchor_index` must point each anchor at a reference"),
+    ],
+)
+def test_mine_checks_the_labels_and_anchor_index_of_the_whole_batch_once(labels, anchor_index, message):
+    # Its blocks of rows skip the check; the batch's own check must still name the argument.
+    with pytest.raises(ValueError, match=message):
+        PairMiner().mine(torch.zeros(4, 4), labels, torch.tensor([0, 0, 1, 1]), anchor_index)
+
+
 def test_similarity_of_the_wrong_shape_is_a_value_error():
     labels = torch.arange(4)
     with pytest.raises(ValueError, match=r"`similarity` must have shape \(len\(labels\), len\(reference_labels\)\)"):
