@@ -27,11 +27,12 @@ def check_floating(name: str, x: Tensor) -> None:
         raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def check_finite(name: str, x: Tensor) -> None:
-    # aminmax propagates NaN and is one pass, cheaper than isfinite(x).all() on a (B, R) matrix.
+def check_finite(name: str, x: Tensor, expected: str = "finite") -> None:
+    """``x`` holds no NaN or inf; ``expected`` words the requirement in the message."""
+    # aminmax propagates NaN and is one pass without temporaries, where isfinite(x).all() makes several of x's size.
     low, high = torch.aminmax(x)
     if not (bool(low > float("-inf")) and bool(high < float("inf"))):
-        raise ValueError(f"`{name}` must be finite, found NaN or inf")
+        raise ValueError(f"`{name}` must be {expected}, found NaN or inf")
 
 
 def describe(value: object) -> str:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_metric.functional._checks import check_matrix, check_positive_int
+from lit_metric.functional._checks import check_finite, check_matrix, check_positive_int
 from lit_metric.functional._scan import TileScan, tile_scan
 
 __all__ = ["cosine_knn", "float32_products", "normalize"]
@@ -209,11 +209,9 @@ def normalize(x: Tensor, name: str = "embeddings") -> Tensor:
             into inf in float32 and its row into NaN, which no ranking can hold.
     """
     unit = F.normalize(x.float(), dim=1).contiguous()
-    if not bool(unit.isfinite().all()):
-        raise ValueError(
-            f"`{name}` must be finite in float32, |x| <= {torch.finfo(torch.float32).max:.4g}; a value beyond that "
-            "range becomes inf"
-        )
+    maximum = torch.finfo(torch.float32).max
+    if unit.numel():
+        check_finite(name, unit, f"finite in float32, |x| <= {maximum:.4g} (a value beyond that range becomes inf)")
     return unit
 
 

@@ -245,6 +245,10 @@ def test_values_beyond_the_float32_range_are_value_errors(where):
         cosine_knn(queries, 2, gallery, chunk_size=4)
 
 
+def test_normalize_keeps_an_empty_set_empty():
+    assert knn.normalize(torch.zeros(0, 4, dtype=torch.float64)).shape == (0, 4)
+
+
 def test_bad_arguments_are_value_errors():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"`queries` must have shape \(N, D\), got shape \(4,\)"):
