@@ -140,6 +140,11 @@ def test_non_finite_embeddings_are_refused_by_name(index):
         EmbeddingIndex(index.model, embeddings)
     with pytest.raises(ValueError, match="`queries` must be a floating-point tensor, got dtype torch.int64"):
         index.search_embeddings(torch.ones(2, 64, dtype=torch.long), k=2)
+    # Finite in float64 but not in float32, where the search scores them.
+    with pytest.raises(ValueError, match="`embeddings` must be finite in float32"):
+        EmbeddingIndex(index.model, torch.full((3, 64), 1e300, dtype=torch.float64))
+    with pytest.raises(ValueError, match="`queries` must be finite in float32"):
+        index.search_embeddings(torch.full((2, 64), 1e300, dtype=torch.float64), k=2)
 
 
 @pytest.mark.parametrize(

@@ -27,12 +27,23 @@ def check_floating(name: str, x: Tensor) -> None:
         raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def check_finite(name: str, x: Tensor, expected: str = "finite") -> None:
-    """``x`` holds no NaN or inf; ``expected`` words the requirement in the message."""
-    # aminmax propagates NaN and is one pass without temporaries, where isfinite(x).all() makes several of x's size.
+def check_finite(name: str, x: Tensor) -> None:
+    # aminmax propagates NaN and is one pass, cheaper than isfinite(x).all() on a (B, R) matrix.
     low, high = torch.aminmax(x)
     if not (bool(low > float("-inf")) and bool(high < float("inf"))):
-        raise ValueError(f"`{name}` must be {expected}, found NaN or inf")
+        raise ValueError(f"`{name}` must be finite, found NaN or inf")
+
+
+def check_float32_range(name: str, x: Tensor) -> None:
+    """``x`` is finite in float32, where it is scored: no NaN or inf, and no float64 value beyond float32's range,
+    which would become inf (one aminmax pass; ``isfinite(x).all()`` makes temporaries of ``x``'s size)."""
+    if x.numel() == 0:
+        return
+    low, high = torch.aminmax(x)
+    if not (bool(low >= -_FLOAT32_MAX) and bool(high <= _FLOAT32_MAX)):
+        raise ValueError(
+            f"`{name}` must be finite in float32, |x| <= {_FLOAT32_MAX:.4g} (a value beyond that range becomes inf)"
+        )
 
 
 def describe(value: object) -> str:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_metric.functional._checks import check_finite, check_matrix, check_positive_int
+from lit_metric.functional._checks import check_float32_range, check_matrix, check_positive_int
 from lit_metric.functional._scan import TileScan, tile_scan
 
 __all__ = ["cosine_knn", "float32_products", "normalize"]
@@ -205,14 +205,11 @@ def normalize(x: Tensor, name: str = "embeddings") -> Tensor:
     kernel path.
 
     Raises:
-        ValueError: naming ``name`` when a value is beyond the float32 range, e.g. 1e300 in float64: it would turn
-            into inf in float32 and its row into NaN, which no ranking can hold.
+        ValueError: naming ``name`` when a value is not finite in float32, e.g. 1e300 in float64: it would turn into
+            inf and its row into NaN, which no ranking can hold.
     """
-    unit = F.normalize(x.float(), dim=1).contiguous()
-    maximum = torch.finfo(torch.float32).max
-    if unit.numel():
-        check_finite(name, unit, f"finite in float32, |x| <= {maximum:.4g} (a value beyond that range becomes inf)")
-    return unit
+    check_float32_range(name, x)
+    return F.normalize(x.float(), dim=1).contiguous()
 
 
 def equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: int) -> list[tuple[Tensor, Tensor]]:
