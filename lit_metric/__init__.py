@@ -1,6 +1,7 @@
 """lit_metric: deep metric learning as a first-class citizen of PyTorch Lightning."""
 
 from lit_metric.callbacks import EmbeddingWriter, PairMiner, RetrievalPictures
+from lit_metric.io import load_embeddings, save_embeddings
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
 from lit_metric.module import MetricLearningModule
@@ -16,6 +17,8 @@ __all__ = [
     "PairMiner",
     "RetrievalMetrics",
     "RetrievalPictures",
+    "load_embeddings",
     "nearest",
+    "save_embeddings",
 ]
 __version__ = "0.1.0"

@@ -15,19 +15,13 @@ from functools import reduce
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lit_metric.distributed import first_occurrences, gather_objects
 from lit_metric.functional._checks import check_positive_int
-from lit_metric.functional.retrieval import (
-    check_items,
-    check_options,
-    first_occurrences,
-    resolve_roles,
-    retrieval_metrics,
-)
+from lit_metric.functional.retrieval import check_items, check_options, resolve_roles, retrieval_metrics
 
 __all__ = ["RetrievalMetrics"]
 
@@ -154,8 +148,7 @@ class RetrievalMetrics(Metric):
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
         # torchmetrics gives a process without items 1-D float placeholders, which cannot be gathered with the 2-D
         # embeddings and integer labels of the others: the processes first agree on the embeddings' width and dtype.
-        if dist.is_available() and dist.is_initialized():
-            self._agree_with_other_processes(process_group or self.process_group)
+        self._agree_with_other_processes(process_group or self.process_group)
         super()._sync_dist(dist_sync_fn, process_group)
 
     def _agree_with_other_processes(self, group: Any) -> None:
@@ -163,9 +156,7 @@ class RetrievalMetrics(Metric):
         embedding dtype; refuse a mix of widths or of flagged and unflagged items."""
         embeddings = self.embeddings[0] if len(self.embeddings) else None
         local = None if embeddings is None else (embeddings.shape[1], embeddings.dtype, self._roles_given)
-        everyone: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(everyone, local, group=group)
-        present = [item for item in everyone if item is not None]
+        present = [item for item in gather_objects(local, group) if item is not None]
         if not present:
             return
         widths, roles = {width for width, _, _ in present}, {given for _, _, given in present}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_metric.callbacks.pair_miner import PairMiner
+from lit_metric.distributed import gather_rows, gather_rows_with_grad, gather_sizes, rank, world_size
 from lit_metric.functional.deviance import cosine_similarity
 from lit_metric.functional.pairs import Pairs
 from lit_metric.losses import BinomialDevianceLoss
@@ -80,15 +80,15 @@ class MetricLearningModule(L.LightningModule):
             position of each local anchor among the references (its global index).
         """
         anchor_index = torch.arange(len(labels), device=labels.device)
-        if _world_size() == 1:
+        if world_size() == 1:
             return embeddings, labels, anchor_index
-        sizes = _gather_sizes(len(labels), labels.device)
+        sizes = gather_sizes(len(labels), labels.device)
         if min(sizes) == 0:
             # Raised on every process alike: one that raised alone would leave the others waiting in a collective.
             raise ValueError(f"every process needs a non-empty training batch, got batch sizes {sizes} by rank")
-        offset = sum(sizes[: dist.get_rank()])
+        offset = sum(sizes[: rank()])
         # int64 on every process: labels of different widths would not fit one gather.
-        return _GatherRows.apply(embeddings, sizes), _gather_rows(labels.long(), sizes), anchor_index + offset
+        return gather_rows_with_grad(embeddings, sizes), gather_rows(labels.long(), sizes), anchor_index + offset
 
     def similarity(self, embeddings: Tensor, reference_embeddings: Tensor) -> Tensor:
         """``(B, R)`` cosine similarity in float32, also under mixed precision."""
@@ -131,7 +131,7 @@ class MetricLearningModule(L.LightningModule):
         self.log(
             "train/loss", loss.detach(), prog_bar=True, sync_dist=True, reduce_fx="sum", batch_size=len(reference_labels)
         )
-        return loss * _world_size()
+        return loss * world_size()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Feeds the validation metric; returns the ``(B, D)`` embeddings for callbacks such as the pictures."""
@@ -184,44 +184,3 @@ class MetricLearningModule(L.LightningModule):
         # Every process holds the same synced values; sync_dist only tells Lightning so.
         self.log_dict({f"{stage}/{name}": value.float() for name, value in values.items()}, sync_dist=True)
 
-
-def _world_size() -> int:
-    """Number of processes of ``torch.distributed``, 1 when it is not initialised."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _gather_sizes(size: int, device: torch.device) -> list[int]:
-    """The batch size of every process, in rank order."""
-    sizes = [torch.zeros((), dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor(size, device=device))
-    return [int(s) for s in sizes]
-
-
-def _gather_rows(tensor: Tensor, sizes: list[int]) -> Tensor:
-    """Concatenation of every process's ``(sizes[rank], ...)`` tensor, padded to the largest for the collective."""
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: len(tensor)] = tensor
-    gathered = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(gathered, padded)
-    return torch.cat([rows[:size] for rows, size in zip(gathered, sizes)])
-
-
-class _GatherRows(torch.autograd.Function):
-    """:func:`_gather_rows` whose backward sums the gradient over processes and keeps this process's rows.
-
-    Each process's loss depends on every process's rows, so a row's full gradient is the sum over processes. An
-    all-reduce of the ``(R, D)`` gradient does that on every backend (gloo has no reduce-scatter); embeddings are
-    small next to the ``(B, R)`` similarity, so the extra traffic does not matter.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor, sizes: list[int]) -> Tensor:
-        ctx.start = sum(sizes[: dist.get_rank()])
-        ctx.size = len(tensor)
-        return _gather_rows(tensor, sizes)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor):
-        grad = grad_output.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad[ctx.start : ctx.start + ctx.size], None

@@ -1,7 +1,8 @@
 """Search by example: the nearest gallery items of new images, embedded by a trained checkpoint.
 
 The gallery is embedded once (from images, a data set, a data loader or a file that ``lit-metric predict`` wrote with
-:class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter`); each search embeds the query images with the same
+:class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter`, read by :func:`~lit_metric.io.load_embeddings`)
+and checked once; each search embeds the query images with the same
 model and ranks the gallery with :func:`~lit_metric.functional.knn.cosine_knn`, the exact search that the
 retrieval metrics use, so ties and ranking order are the same as in evaluation.
 """
@@ -17,9 +18,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lit_metric.callbacks.prediction_writer import load_embeddings
-from lit_metric.functional._checks import check_matrix
+from lit_metric.functional._checks import check_k, check_matrix, describe
 from lit_metric.functional.knn import cosine_knn, normalize
+from lit_metric.io import load_embeddings
 from lit_metric.module import MetricLearningModule
 
 __all__ = ["EmbeddingIndex", "Neighbours", "embed_batches", "embed_images", "nearest"]
@@ -56,8 +57,8 @@ class EmbeddingIndex:
         image_shape: ``(C, H, W)`` that query images must have, if known (it is when the gallery was embedded
             from images).
 
-    The index holds a unit-length float32 copy of the gallery (``N x D x 4`` bytes), made once, so that a search
-    normalises only its queries.
+    The index holds a unit-length float32 copy of the gallery (``N x D x 4`` bytes), made and checked once, so that
+    a search normalises and checks only its queries.
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class EmbeddingIndex:
         check_matrix("embeddings", embeddings)
         n = len(embeddings)
         if labels is not None and tuple(labels.shape) != (n,):
-            raise ValueError(f"`labels` must have shape ({n},) to match `embeddings`, got {_describe(labels)}")
+            raise ValueError(f"`labels` must have shape ({n},) to match `embeddings`, got {describe(labels, 'shape')}")
         if paths is not None and len(paths) != n:
             raise ValueError(f"`paths` must hold {n} paths to match `embeddings`, got {len(paths)}")
         self.model = model.eval()
@@ -127,19 +128,20 @@ class EmbeddingIndex:
 
     def search(self, images: Tensor, k: int = 5) -> Neighbours:
         """The ``k`` nearest gallery items of each of the ``(Q, C, H, W)`` query images."""
-        _check_k(k, len(self.embeddings))
+        check_k(k, len(self.embeddings))
         _check_images(images, "images", self.image_shape)
         return self.search_embeddings(embed_images(self.model, images), k)
 
     def search_embeddings(self, queries: Tensor, k: int = 5) -> Neighbours:
         """The ``k`` nearest gallery items of each of the ``(Q, D)`` query embeddings."""
-        _check_k(k, len(self.embeddings))
+        check_k(k, len(self.embeddings))
         dimension = self.embeddings.shape[1]
         check_matrix("queries", queries, f"(Q, {dimension})")
         if queries.shape[1] != dimension:
-            raise ValueError(f"`queries` must have shape (Q, {dimension}) like the gallery, got {_describe(queries)}")
+            raise ValueError(f"`queries` must have shape (Q, {dimension}) like the gallery, got {describe(queries, 'shape')}")
         unit_queries = normalize(queries.to(self.embeddings.device), "queries")
-        scores, indices = cosine_knn(unit_queries, k, self.unit_embeddings, normalized=True)
+        # Both are checked already: the gallery when the index was built, the queries above and by normalize.
+        scores, indices = cosine_knn(unit_queries, k, self.unit_embeddings, normalized=True, validate_args=False)
         labels = self.labels[indices] if self.labels is not None else None
         paths = [[self.paths[i] for i in row] for row in indices.tolist()] if self.paths is not None else None
         return Neighbours(scores, indices, labels, paths)
@@ -177,11 +179,6 @@ def embed_batches(model: MetricLearningModule, loader: DataLoader) -> dict[str, 
     }
 
 
-def _check_k(k: int, gallery_size: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= gallery_size:
-        raise ValueError(f"`k` must be between 1 and the gallery size {gallery_size}, got {k!r}")
-
-
 def _check_images(images: Any, name: str, image_shape: tuple[int, ...] | None = None) -> None:
     expected = "(N, C, H, W)" if image_shape is None else f"(N, {', '.join(map(str, image_shape))})"
     if (
@@ -190,8 +187,4 @@ def _check_images(images: Any, name: str, image_shape: tuple[int, ...] | None = 
         or len(images) == 0
         or (image_shape is not None and tuple(images.shape[1:]) != image_shape)
     ):
-        raise ValueError(f"`{name}` must be a non-empty tensor of shape {expected}, got {_describe(images)}")
-
-
-def _describe(x: Any) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"`{name}` must be a non-empty tensor of shape {expected}, got {describe(images, 'shape')}")

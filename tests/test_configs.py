@@ -6,7 +6,7 @@ import pytest
 import wandb
 import yaml
 
-from lit_metric.callbacks import load_embeddings
+from lit_metric import load_embeddings
 from lit_metric.cli import run
 
 CONFIGS = Path(__file__).parents[1] / "configs"

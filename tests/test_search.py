@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+import lit_metric.functional._checks as checks
 import lit_metric.functional.knn as knn
 import lit_metric.search as search
 from lit_metric import MetricLearningModule
-from lit_metric.callbacks.prediction_writer import save_embeddings
+from lit_metric.io import save_embeddings
 from lit_metric.cli import run
 from lit_metric.data import TensorImageDataset
 from lit_metric.search import EmbeddingIndex, embed_batches, nearest
@@ -131,6 +132,17 @@ def test_a_search_normalises_only_its_queries(index, monkeypatch):
     found = index.search_embeddings(index.embeddings[:3] + 0.01, k=4)
     assert normalised == [3]
     assert torch.equal(found.indices, knn.cosine_knn(index.embeddings[:3] + 0.01, 4, index.embeddings)[1])
+
+
+def test_the_gallery_is_checked_once_when_the_index_is_built_not_at_every_search(index, monkeypatch):
+    checked = []
+    for module, name in ((checks, "check_finite"), (knn, "_check_unit_rows")):
+        check = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda what, x, check=check: checked.append(what) or check(what, x))
+    built = EmbeddingIndex(index.model, index.embeddings)
+    for _ in range(3):
+        built.search_embeddings(index.embeddings[:2], k=3)
+    assert checked == ["embeddings"] + ["queries"] * 3
 
 
 def test_non_finite_embeddings_are_refused_by_name(index):

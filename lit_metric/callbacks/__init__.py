@@ -2,6 +2,6 @@
 
 from lit_metric.callbacks.pair_miner import PairMiner
 from lit_metric.callbacks.pictures import RetrievalPictures
-from lit_metric.callbacks.prediction_writer import EmbeddingWriter, load_embeddings
+from lit_metric.callbacks.prediction_writer import EmbeddingWriter
 
-__all__ = ["EmbeddingWriter", "PairMiner", "RetrievalPictures", "load_embeddings"]
+__all__ = ["EmbeddingWriter", "PairMiner", "RetrievalPictures"]

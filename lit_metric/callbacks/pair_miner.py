@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from lit_metric.distributed import sum_over_processes
 from lit_metric.functional._blocks import row_blocks
 from lit_metric.functional._checks import check_choice, check_positive_int, check_real
 from lit_metric.functional.mining import (
@@ -27,6 +27,20 @@ from lit_metric.functional.pairs import Pairs
 __all__ = ["PairMiner"]
 
 _SETTINGS = ("strategy", "weighting", "negative_cost", "margin", "negatives_per_anchor")
+
+
+def _setting(name: str) -> property:
+    """A setting of :class:`PairMiner`: reads the value in use, which the schedule may have changed; an assignment
+    is checked like the constructor's argument and becomes the base that the schedule changes from."""
+
+    def get(self: PairMiner) -> Any:
+        return self._in_use[name]
+
+    def set(self: PairMiner, value: Any) -> None:
+        _check_settings({name: value}, "")
+        self._base[name] = self._in_use[name] = value
+
+    return property(get, set, doc=f"The ``{name}`` in use (see the class's arguments).")
 
 
 class PairMiner(L.Callback):
@@ -65,6 +79,12 @@ class PairMiner(L.Callback):
     and becomes the base that the schedule changes from.
     """
 
+    strategy = _setting("strategy")
+    weighting = _setting("weighting")
+    negative_cost = _setting("negative_cost")
+    margin = _setting("margin")
+    negatives_per_anchor = _setting("negatives_per_anchor")
+
     def __init__(
         self,
         strategy: Literal["all", "hard", "topk_negatives"] = "all",
@@ -75,38 +95,36 @@ class PairMiner(L.Callback):
         schedule: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        self._base_settings: dict[str, Any] = {}
-        self.strategy = strategy
-        self.weighting = weighting
-        self.negative_cost = negative_cost
-        self.margin = margin
-        self.negatives_per_anchor = negatives_per_anchor
+        base = dict(
+            strategy=strategy,
+            weighting=weighting,
+            negative_cost=negative_cost,
+            margin=margin,
+            negatives_per_anchor=negatives_per_anchor,
+        )
+        _check_settings(base, "")
+        # The base is kept apart from the settings in use, so that every fit, resumed or not, starts from it.
+        self._base = base
+        self._in_use = dict(base)
         self.schedule = _checked_schedule(schedule)
         self.statistics: dict[str, Tensor] = {}
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Kept apart from the scheduled values, so that every fit, resumed or not, starts from what the user set.
-        if name in _SETTINGS:
-            _check_settings({name: value}, "")
-            self._base_settings[name] = value
-        super().__setattr__(name, value)
 
     @property
     def settings(self) -> dict[str, Any]:
         """The current strategy, weighting, negative cost, margin and negatives per anchor."""
-        return {name: getattr(self, name) for name in _SETTINGS}
+        return dict(self._in_use)
 
     def settings_at(self, epoch: int) -> dict[str, Any]:
         """The settings that :attr:`schedule` gives for ``epoch``, from the ones set at construction or by hand."""
-        settings = dict(self._base_settings)
+        settings = dict(self._base)
         for entry in self.schedule:
             if entry["epoch"] <= epoch:
                 settings.update({name: value for name, value in entry.items() if name != "epoch"})
         return settings
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Past `__setattr__`: the schedule's values are checked already and must not replace the base settings.
-        vars(self).update(self.settings_at(trainer.current_epoch))
+        # The schedule's entries were checked with the constructor's arguments.
+        self._in_use = self.settings_at(trainer.current_epoch)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -166,7 +184,7 @@ class PairMiner(L.Callback):
             positive[rows], negative[rows] = kept_positive, kept_negative
             counts += pair_counts(kept_positive, kept_negative)
             sums += mining_statistics(block, candidate_negative, num_candidates, kept_positive, kept_negative)
-        counts, sums = _sum_over_processes(counts), _sum_over_processes(sums)
+        counts, sums = sum_over_processes(counts), sum_over_processes(sums)
         # float32 at least, as the loss computes; float64 weights for a float64 loss, which float32 would round.
         dtype = torch.promote_types(similarity.dtype, torch.float32)
         positive_weight, negative_weight = pair_weights(positive, negative, self.weighting, counts, dtype)
@@ -189,15 +207,6 @@ def _statistics(counts: Tensor, sums: Tensor) -> dict[str, Tensor]:
         "negative_similarity": negative_sum / num_negative,
         "hardest_negative_similarity": hardest_sum / num_with_negative,
     }
-
-
-def _sum_over_processes(tensor: Tensor) -> Tensor:
-    """``tensor`` summed over the processes of ``torch.distributed`` (itself on one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    tensor = tensor.clone()
-    dist.all_reduce(tensor)
-    return tensor
 
 
 def _check_settings(settings: dict[str, Any], where: str) -> None:

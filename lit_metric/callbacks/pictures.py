@@ -21,7 +21,7 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-from lit_metric.callbacks.prediction_writer import gather_in_dataset_order
+from lit_metric.distributed import gather_in_dataset_order
 from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.knn import cosine_knn
 from lit_metric.functional.retrieval import exclusion_keys, resolve_roles

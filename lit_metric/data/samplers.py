@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from lit_metric import distributed
 
 __all__ = ["PKSampler", "check_pk_labels"]
 
@@ -122,14 +123,14 @@ class PKSampler(DistributedSampler):
         """The number of processes the batches are sharded over."""
         if self._num_replicas is not None:
             return self._num_replicas
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return distributed.world_size()
 
     @property
     def rank(self) -> int:
         """This process's shard."""
         if self._rank is not None:
             return self._rank
-        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return distributed.rank()
 
     @property
     def batch_size(self) -> int:

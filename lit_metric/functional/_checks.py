@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -46,15 +48,30 @@ def check_float32_range(name: str, x: Tensor) -> None:
         )
 
 
-def describe(value: object) -> str:
-    """A value's dtype if it is a tensor, else its type, for messages about the wrong kind of argument."""
-    return f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+def describe(value: object, attribute: Literal["dtype", "shape"] = "dtype") -> str:
+    """A tensor's dtype or shape, or any other value's type, for messages about the wrong kind of argument."""
+    if not isinstance(value, Tensor):
+        return type(value).__name__
+    return f"dtype {value.dtype}" if attribute == "dtype" else f"shape {tuple(value.shape)}"
 
 
 def check_positive_int(name: str, value: object, where: str = "") -> None:
     """``value`` is an int (not a bool) ``>= 1``; ``where`` locates the argument in the message, e.g. a list entry."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_positive_int(value):
         raise ValueError(f"`{name}`{where} must be a positive integer, got {value!r}")
+
+
+def check_positive_ints(name: str, values: Sequence[object]) -> None:
+    """``values`` is a non-empty sequence of ints (not bools) ``>= 1``, e.g. the cut-offs of retrieval metrics."""
+    if not values or not all(map(_is_positive_int, values)):
+        raise ValueError(f"`{name}` must be a non-empty sequence of positive integers, got {values}")
+
+
+def check_k(k: object, gallery_size: int) -> None:
+    """``k`` is a number of neighbours that a gallery of ``gallery_size`` items holds: an int from 1 to its size."""
+    check_positive_int("k", k)
+    if k > gallery_size:
+        raise ValueError(f"`k` must be between 1 and the gallery size {gallery_size}, got {k}")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...], where: str = "") -> None:
@@ -72,3 +89,7 @@ def check_real(name: str, value: object, positive: bool = False, where: str = ""
     # Losses compute in float32, where a larger value is inf, and inf times the 0 of a pair that does not count is NaN.
     if abs(value) > _FLOAT32_MAX:
         raise ValueError(f"`{name}`{where} must be within the float32 range (|x| <= {_FLOAT32_MAX:.4g}), got {value!r}")
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_metric.functional._checks import check_float32_range, check_matrix, check_positive_int
+from lit_metric.functional._checks import check_float32_range, check_k, check_matrix, check_positive_int
 from lit_metric.functional._scan import TileScan, tile_scan
 
 __all__ = ["cosine_knn", "float32_products", "normalize"]
@@ -69,6 +69,7 @@ def cosine_knn(
     gallery_keys: Tensor | None = None,
     chunk_size: int = 8192,
     normalized: bool = False,
+    validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Exact top-``k`` gallery items of every query by cosine similarity, in ranking order.
 
@@ -85,42 +86,39 @@ def cosine_knn(
         normalized: ``queries`` and ``gallery`` are already rows of :func:`normalize` (unit length, float32,
             contiguous) and are used as they are, e.g. a gallery normalised once for many searches. Rankings equal
             those of the raw embeddings with ``normalized=False``.
+        validate_args: check that ``queries`` and ``gallery`` are finite and, with ``normalized``, unit rows: a pass
+            over each. A caller that checked them once, e.g. a gallery normalised once for many searches, skips it.
 
     Returns:
         ``(scores, indices)``, both ``(N_q, k)``: float32 similarities in ranking order and gallery positions.
         Slots left empty by exclusions hold score ``-inf`` and index ``-1``.
     """
     symmetric = gallery is None
-    check_matrix("queries", queries)
-    if not symmetric:
-        check_matrix("gallery", gallery)
-        if gallery.shape[1] != queries.shape[1]:
-            raise ValueError(
-                f"`gallery` must have the embedding dimension of `queries` ({queries.shape[1]}), "
-                f"got shape {tuple(gallery.shape)}"
-            )
-    check_positive_int("k", k)
+    inputs = {"queries": queries} if symmetric else {"queries": queries, "gallery": gallery}
+    if validate_args:
+        for name, x in inputs.items():
+            check_matrix(name, x)
+    if not symmetric and gallery.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"`gallery` must have the embedding dimension of `queries` ({queries.shape[1]}), "
+            f"got shape {tuple(gallery.shape)}"
+        )
+    check_k(k, len(queries if symmetric else gallery))
     check_positive_int("chunk_size", chunk_size)
     if normalized:
-        for name, x in (("queries", queries), ("gallery", gallery)):
-            if x is None:
-                continue
+        for name, x in inputs.items():
             if x.dtype != torch.float32 or not x.is_contiguous():
                 raise ValueError(
                     f"`{name}` must be contiguous float32 rows of `normalize` when `normalized` is True, got "
                     f"dtype {x.dtype}{'' if x.is_contiguous() else ', not contiguous'}"
                 )
-            # normalize leaves all-zero rows at zero; any other length would rank by dot product, not cosine.
-            norms = x.norm(dim=1)
-            if bool(((norms - 1).abs() > 1e-3).logical_and_(norms != 0).any()):
-                raise ValueError(f"`{name}` must be rows of unit length when `normalized` is True, as `normalize` makes")
+            if validate_args:
+                _check_unit_rows(name, x)
         q, g = queries, queries if symmetric else gallery
     else:
         q = normalize(queries, "queries")
         g = q if symmetric else normalize(gallery, "gallery")
     num_queries, gallery_size = len(q), len(g)
-    if k > gallery_size:
-        raise ValueError(f"`k` must be between 1 and the gallery size {gallery_size}, got {k}")
     if symmetric:
         if gallery_keys is not None:
             raise ValueError("`gallery_keys` must be None when `gallery` is None (leave-one-out)")
@@ -210,6 +208,13 @@ def normalize(x: Tensor, name: str = "embeddings") -> Tensor:
     """
     check_float32_range(name, x)
     return F.normalize(x.float(), dim=1).contiguous()
+
+
+def _check_unit_rows(name: str, x: Tensor) -> None:
+    # normalize leaves all-zero rows at zero; any other length would rank by dot product, not cosine.
+    norms = x.norm(dim=1)
+    if bool(((norms - 1).abs() > 1e-3).logical_and_(norms != 0).any()):
+        raise ValueError(f"`{name}` must be rows of unit length when `normalized` is True, as `normalize` makes")
 
 
 def equal_key_pairs(query_keys: Tensor, gallery_keys: Tensor, rows_per_chunk: int) -> list[tuple[Tensor, Tensor]]:

@@ -11,14 +11,13 @@ in cache as it walks the rows, so no dense ``(B, R)`` float matrix is ever alloc
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from lit_metric.functional._blocks import row_blocks
-from lit_metric.functional._checks import describe
+from lit_metric.functional._checks import check_real, describe
 
 __all__ = ["Pairs"]
 
@@ -80,9 +79,7 @@ class Pairs(NamedTuple):
         for name in ("positive", "negative", "positive_weight", "negative_weight"):
             if getattr(self, name).device != device:
                 raise ValueError(f"`pairs.{name}` must be on the device of `similarity` ({device}), got {getattr(self, name).device}")
-        cost = self.negative_cost
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not (math.isfinite(cost) and cost > 0):
-            raise ValueError(f"`pairs.negative_cost` must be a finite number > 0, got {cost!r}")
+        check_real("pairs.negative_cost", self.negative_cost, positive=True)
         if bool((self.positive & self.negative).any()):
             raise ValueError("`pairs.positive` and `pairs.negative` must be disjoint, found a pair marked as both")
 

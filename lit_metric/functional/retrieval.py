@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_metric.functional._checks import check_finite, check_float32_range, check_floating, describe
+from lit_metric.functional._checks import (
+    check_finite,
+    check_float32_range,
+    check_floating,
+    check_positive_ints,
+    describe,
+)
 from lit_metric.functional.knn import cosine_knn, equal_key_pairs, float32_products, normalize
 
 __all__ = [
@@ -24,7 +30,6 @@ __all__ = [
     "check_options",
     "cosine_average_precision",
     "exclusion_keys",
-    "first_occurrences",
     "hit_rate_at_k",
     "map_at_r",
     "precision_at_k",
@@ -247,8 +252,7 @@ def check_options(metrics: Sequence[str], k: Sequence[int]) -> None:
     unknown = sorted(set(metrics) - set(RETRIEVAL_METRICS))
     if unknown or not metrics:
         raise ValueError(f"`metrics` must be a non-empty subset of {RETRIEVAL_METRICS}, got {tuple(metrics)}")
-    if not k or any(isinstance(cut, bool) or not isinstance(cut, int) or cut < 1 for cut in k):
-        raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k}")
+    check_positive_ints("k", k)
 
 
 def check_items(
@@ -298,14 +302,6 @@ def exclusion_keys(labels: Tensor, cameras: Tensor | None = None) -> Tensor:
     if cameras is None:
         return torch.arange(len(labels), device=labels.device)
     return torch.unique(torch.stack([labels, cameras], dim=1), dim=0, return_inverse=True)[1]
-
-
-def first_occurrences(indexes: Tensor) -> Tensor:
-    """Positions of the first item of each dataset index, in index order: what is left of a ``(N,)`` index tensor
-    once the duplicates that ``DistributedSampler`` pads in are dropped."""
-    unique, inverse = torch.unique(indexes, return_inverse=True)
-    positions = torch.arange(len(indexes), device=indexes.device)
-    return torch.full_like(unique, len(indexes)).scatter_reduce_(0, inverse, positions, "amin")
 
 
 def resolve_roles(

@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_metric import ConvEmbedder, MetricLearningModule
-from lit_metric.callbacks.prediction_writer import EmbeddingWriter, load_embeddings
+from lit_metric.callbacks.prediction_writer import EmbeddingWriter
 from lit_metric.cli import run
 from lit_metric.data import TensorImageDataset
+from lit_metric.io import load_embeddings
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -96,11 +97,6 @@ def test_under_ddp_the_file_is_the_single_process_file(tmp_path):
 def test_only_pt_and_npz_files_are_written():
     with pytest.raises(ValueError, match=r"`output_path` must end in \.pt or \.npz, got 'embeddings.csv'"):
         EmbeddingWriter("embeddings.csv")
-
-
-def test_loading_a_missing_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="`path` .*missing.pt"):
-        load_embeddings(tmp_path / "missing.pt")
 
 
 def test_predict_step_must_return_embeddings(tmp_path):
