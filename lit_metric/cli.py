@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import netrc
 import os
 from pathlib import Path
@@ -9,10 +10,11 @@ from urllib.parse import urlparse
 
 import lightning as L
 import yaml
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_metric.callbacks.pair_miner import PairMiner
 from lit_metric.module import MetricLearningModule
 
 __all__ = ["LitMetricCLI", "main", "run", "wandb_offline_unless_logged_in"]
@@ -77,8 +79,25 @@ def _run_folder(logger: Logger) -> Path | None:
 class LitMetricCLI(LightningCLI):
     """LightningCLI with :class:`~lit_metric.MetricLearningModule` (or a subclass) and any data module.
 
-    After ``fit`` it prints the last validation metrics and where the best checkpoint is.
+    The :class:`~lit_metric.PairMiner` is a top-level group, ``miner:`` in a config and ``--miner.*`` on the command
+    line (e.g. ``--miner.strategy hard``), and joins the trainer's callbacks; a second one in ``trainer.callbacks``
+    is refused when the command line is parsed. After ``fit`` it prints the last validation metrics and where the
+    best checkpoint is.
     """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(PairMiner, "miner")
+
+    def before_instantiate_classes(self) -> None:
+        # The module takes the one PairMiner among the callbacks; finding two only at the first step would come after
+        # the set-up, and they could not both build the pairs.
+        callbacks = self._get(self.config, "trainer.callbacks") or []
+        for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+            if _is_pair_miner(callback.class_path):
+                self.parser.error(
+                    f"`trainer.callbacks` must not hold a PairMiner ({callback.class_path}), a second miner: configure "
+                    "the one miner under `miner:` in a config or with `--miner.*` options, e.g. `--miner.strategy hard`"
+                )
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -89,6 +108,12 @@ class LitMetricCLI(LightningCLI):
             rank_zero_info("Validation retrieval metrics after fit:\n" + "\n".join(lines))
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
             rank_zero_info(f"Best checkpoint: {trainer.checkpoint_callback.best_model_path}")
+
+
+def _is_pair_miner(class_path: str) -> bool:
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    return isinstance(cls, type) and issubclass(cls, PairMiner)
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 import wandb
 
-from lit_metric.cli import run, wandb_offline_unless_logged_in
+from lit_metric import PairMiner
+from lit_metric.cli import LitMetricCLI, run, wandb_offline_unless_logged_in
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
 SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
@@ -88,6 +89,26 @@ def test_config_typos_are_rejected_with_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(["fit", "--config", CONFIG, "--model.init_args.criterion.init_args.alpah=3"])
     assert "alpah" in capsys.readouterr().err
+
+
+def test_a_miner_setting_on_the_command_line_reaches_the_miner_that_mines(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run(["fit", "--config", CONFIG, "--miner.strategy", "hard", "--miner.margin=0.05",
+               "--trainer.fast_dev_run=true", "--trainer.logger=false"])
+    (miner,) = [callback for callback in cli.trainer.callbacks if isinstance(callback, PairMiner)]
+    assert cli.model.miner is miner
+    assert miner.settings == {**PairMiner().settings, "strategy": "hard", "margin": 0.05}
+    assert miner.statistics, "the miner built the pairs of the training step"
+
+
+def test_a_second_miner_in_the_trainer_callbacks_is_refused_when_the_command_line_is_parsed(monkeypatch, capsys):
+    instantiated = []
+    monkeypatch.setattr(LitMetricCLI, "instantiate_classes", lambda cli: instantiated.append(cli))
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", CONFIG, "--trainer.callbacks+=lit_metric.PairMiner"])
+    error = capsys.readouterr().err
+    assert "`trainer.callbacks` must not hold a PairMiner" in error and "`miner:`" in error and "`--miner.*`" in error
+    assert not instantiated, "nothing is built or set up"
 
 
 def test_console_script_exits_zero_after_a_run(tmp_path):

@@ -93,9 +93,8 @@ def test_the_run_config_is_the_whole_resolved_cli_config(offline_run):
     assert config["model"]["init_args"]["criterion"]["init_args"] == {"alpha": 2.0, "beta": 0.5}
     assert config["data"]["class_path"] == "lit_metric.data.DigitsDataModule"
     callbacks = [callback["class_path"] for callback in config["trainer"]["callbacks"]]
-    assert callbacks == [
-        "lit_metric.RetrievalPictures", "lit_metric.PairMiner", "lightning.pytorch.callbacks.ModelCheckpoint"
-    ]
+    assert callbacks == ["lit_metric.RetrievalPictures", "lightning.pytorch.callbacks.ModelCheckpoint"]
+    assert config["miner"]["strategy"] == "all" and config["miner"]["negative_cost"] == 1.0
 
 
 def test_losses_mining_statistics_and_retrieval_metrics_are_recorded(offline_run):
