@@ -5,7 +5,7 @@ from lit_metric.io import load_embeddings, save_embeddings
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
 from lit_metric.module import MetricLearningModule
-from lit_metric.networks import ConvEmbedder
+from lit_metric.networks import ConvEmbedder, PartEmbedder
 from lit_metric.search import EmbeddingIndex, nearest
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "EmbeddingIndex",
     "EmbeddingWriter",
     "MetricLearningModule",
+    "PartEmbedder",
     "PairMiner",
     "RetrievalMetrics",
     "RetrievalPictures",

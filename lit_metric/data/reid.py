@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from lit_metric.data.image_folder import (
 from lit_metric.data.loaders import eval_loader, pk_train_loader
 from lit_metric.data.samplers import check_pk_labels
 
-__all__ = ["ReIDDataModule", "ReIDImage", "scan_market1501", "scan_viper", "viper_split"]
+__all__ = ["ReIDDataModule", "ReIDImage", "read_splits", "scan_market1501", "scan_viper", "viper_split"]
 
 VIPER_CAMERAS = ("cam_a", "cam_b")
 VIPER_SPLITS = 10
@@ -86,6 +87,94 @@ def viper_split(identities: Sequence[str], split_index: int, seed: int) -> tuple
     return train, test
 
 
+@dataclass(frozen=True)
+class ReIDSplit:
+    """The training images and the query and gallery images of one evaluation split."""
+
+    train: list[ReIDImage]
+    query: list[ReIDImage]
+    gallery: list[ReIDImage]
+
+
+def read_splits(path: Path, images: Sequence[ReIDImage]) -> list[ReIDSplit]:
+    """The splits of a JSON splits file over ``images``, in one of two forms, each a list with one entry per split:
+
+    - torchreid's ``splits.json``: ``{"train": [[path, pid, camid], ...], "query": [...], "gallery": [...]}``.
+      Each path is matched to an image by its camera folder and file name (``cam_a/000_45.bmp``), so files written
+      on another machine work; pids and camids are ignored in favour of the file names.
+    - identity lists: ``{"train": ["000", ...], "test": ["001", ...]}``; test people are queried from camera 0
+      against camera 1, as in VIPeR's protocol.
+
+    Raises:
+        FileNotFoundError: naming ``splits`` when the file is missing.
+        ValueError: naming ``splits`` and the entry when the file is not such a list, names an image or identity
+            that the data set does not have, or trains on a person it also tests on.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"`splits` file {str(path)!r} does not exist")
+    try:
+        entries = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"`splits` file {str(path)!r} is not JSON: {error}") from error
+    if not isinstance(entries, list) or not entries or not all(isinstance(entry, dict) for entry in entries):
+        raise ValueError(f"`splits` file {str(path)!r} must hold a non-empty list of splits, one object each")
+    return [_split_of(entry, images, f"`splits` file {str(path)!r}, split {index}") for index, entry in enumerate(entries)]
+
+
+def _split_of(entry: dict, images: Sequence[ReIDImage], where: str) -> ReIDSplit:
+    if {"train", "query", "gallery"} <= entry.keys():
+        by_file = {(image.path.parent.name, image.path.name): image for image in images}
+        roles = [_matched(entry[role], by_file, f"{where}, {role!r}") for role in ("train", "query", "gallery")]
+        split = ReIDSplit(*roles)
+    elif {"train", "test"} <= entry.keys():
+        people = {image.identity for image in images}
+        train, test = (_identities(entry[role], people, f"{where}, {role!r}") for role in ("train", "test"))
+        split = _split_by_identity(images, train, test)
+    else:
+        raise ValueError(f"{where} must have keys 'train', 'query' and 'gallery', or 'train' and 'test'; got {sorted(entry)}")
+    overlap = sorted(set(_people(split.train)) & set(_people(split.query + split.gallery)), key=natural_key)
+    if overlap:
+        raise ValueError(f"{where} trains on people it also tests on: {overlap[:10]}")
+    if not split.train or not split.query or not split.gallery:
+        raise ValueError(f"{where} must name training, query and gallery images, got none of one of them")
+    return split
+
+
+def _split_by_identity(images: Sequence[ReIDImage], train: set[str], test: set[str]) -> ReIDSplit:
+    """VIPeR's protocol: ``train`` people's images for training, ``test`` people queried from camera 0 against 1."""
+    return ReIDSplit(
+        [image for image in images if image.identity in train],
+        [image for image in images if image.identity in test and image.camera == 0],
+        [image for image in images if image.identity in test and image.camera == 1],
+    )
+
+
+def _people(images: Sequence[ReIDImage]) -> list[str]:
+    return sorted({image.identity for image in images}, key=natural_key)
+
+
+def _matched(rows: object, by_file: dict[tuple[str, str], ReIDImage], where: str) -> list[ReIDImage]:
+    if not isinstance(rows, list):
+        raise ValueError(f"{where} must be a list of [path, pid, camid] rows, got {type(rows).__name__}")
+    matched = []
+    for row in rows:
+        file = Path(str(row[0] if isinstance(row, list) and row else row))
+        image = by_file.get((file.parent.name, file.name))
+        if image is None:
+            raise ValueError(f"{where} names {str(file)!r}, which is not an image of the data set")
+        matched.append(image)
+    return matched
+
+
+def _identities(names: object, people: set[str], where: str) -> set[str]:
+    if not isinstance(names, list):
+        raise ValueError(f"{where} must be a list of identities, got {type(names).__name__}")
+    unknown = sorted({str(name) for name in names} - people, key=natural_key)
+    if unknown:
+        raise ValueError(f"{where} names identities that the data set does not have: {unknown[:10]}")
+    return {str(name) for name in names}
+
+
 def scan_market1501(folder: Path) -> list[ReIDImage]:
     """The images of one Market-1501 folder, named ``PID_cCsS_FRAME_BOX.jpg``, without the junk (``PID`` -1).
 
@@ -124,7 +213,8 @@ class ReIDDataModule(L.LightningDataModule):
     - ``"viper"``: ``root/cam_a/*.bmp`` and ``root/cam_b/*.bmp``, paired by the identity prefix of the file name
       (``000_45.bmp``). ``seed`` draws the standard 10 random halvings of the identities (316 train, 316 test for
       VIPeR's 632) and ``split_index`` picks one; test identities are queried from cam_a against cam_b. The split
-      is kept in :attr:`split` and logged to the trainer's logger under ``data_split``.
+      is kept in :attr:`split` and logged to the trainer's logger under ``data_split``. A ``splits`` file fixes
+      the splits instead (:func:`read_splits`), e.g. torchreid's ``splits.json``, to reproduce published ones.
     - ``"market1501"``: ``root/bounding_box_train`` for training, ``root/query`` against ``root/bounding_box_test``
       for evaluation, with names like ``0002_c1s1_000451_03.jpg`` (identity 0002, camera 1). Junk images
       (identity -1) are dropped; distractors (identity 0) stay in the gallery only.
@@ -133,7 +223,8 @@ class ReIDDataModule(L.LightningDataModule):
         root: the data set folder. ``None`` reads it from the environment variable ``root_env``.
         root_env: environment variable that gives ``root`` when ``root`` is ``None``.
         layout: ``"viper"`` or ``"market1501"``; ``None`` tells them apart by their folders.
-        split_index: which of the 10 VIPeR splits, 0 to 9.
+        split_index: which split: 0 to 9 of the seeded VIPeR halvings, or an index into the ``splits`` file.
+        splits: a JSON file of fixed splits for the VIPeR layout (:func:`read_splits`), or ``None`` to draw them.
         image_size: ``(H, W)`` every image is resized to; ``None`` keeps the files' common size (VIPeR 128x48,
             Market-1501 128x64).
         channels: 3 reads images as RGB, 1 as greyscale.
@@ -157,6 +248,7 @@ class ReIDDataModule(L.LightningDataModule):
         root_env: str | None = None,
         layout: Literal["viper", "market1501"] | None = None,
         split_index: int = 0,
+        splits: str | None = None,
         image_size: tuple[int, int] | None = None,
         channels: Literal[1, 3] = 3,
         mean: Sequence[float] | None = None,
@@ -173,12 +265,14 @@ class ReIDDataModule(L.LightningDataModule):
         super().__init__()
         if layout not in (None, "viper", "market1501"):
             raise ValueError(f"`layout` must be 'viper', 'market1501' or None, got {layout!r}")
-        if not 0 <= split_index < VIPER_SPLITS:
+        if splits is None and not 0 <= split_index < VIPER_SPLITS:
             raise ValueError(f"`split_index` must be in [0, {VIPER_SPLITS}), got {split_index}")
         if channels not in (1, 3):
             raise ValueError(f"`channels` must be 1 or 3, got {channels}")
         self.root = resolve_root(root, root_env)
         self.layout = layout if layout is not None else self._detect_layout()
+        if splits is not None and self.layout != "viper":
+            raise ValueError(f"`splits` applies to the 'viper' layout, got layout {self.layout!r}")
         self.save_hyperparameters(ignore=["augmentation"])
         self.hparams["root"] = str(self.root)
         self.hparams["layout"] = self.layout
@@ -203,20 +297,7 @@ class ReIDDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         if self.layout == "viper":
-            images = scan_viper(self.root)
-            identities = sorted({image.identity for image in images}, key=natural_key)
-            train_ids, test_ids = viper_split(identities, hp.split_index, hp.seed)
-            self.split = {
-                "layout": "viper",
-                "split_index": hp.split_index,
-                "seed": hp.seed,
-                "train_ids": train_ids,
-                "test_ids": test_ids,
-            }
-            train_ids, test_ids = set(train_ids), set(test_ids)
-            train = [image for image in images if image.identity in train_ids]
-            query = [image for image in images if image.identity in test_ids and image.camera == 0]
-            gallery = [image for image in images if image.identity in test_ids and image.camera == 1]
+            train, query, gallery = self._viper_split(scan_viper(self.root))
         else:
             train, query, gallery = (scan_market1501(self.root / name) for name in MARKET_FOLDERS)
             # Distractors belong to no one, so they are neither learned nor searched for, only found by mistake.
@@ -246,6 +327,29 @@ class ReIDDataModule(L.LightningDataModule):
         eval_labels = self._labels(evaluated, eval_names)
         flags = {"is_query": is_query, "is_gallery": ~is_query}
         self.eval_set = self._dataset(evaluated, eval_labels, self.eval_transforms, **flags)
+
+    def _viper_split(self, images: list[ReIDImage]) -> tuple[list[ReIDImage], ...]:
+        hp = self.hparams
+        if hp.splits is None:
+            train_ids, test_ids = viper_split(_people(images), hp.split_index, hp.seed)
+            split = _split_by_identity(images, set(train_ids), set(test_ids))
+        else:
+            splits = read_splits(Path(hp.splits), images)
+            if not 0 <= hp.split_index < len(splits):
+                raise ValueError(
+                    f"`split_index` must be in [0, {len(splits)}) for the {len(splits)} splits of {hp.splits!r}, "
+                    f"got {hp.split_index}"
+                )
+            split = splits[hp.split_index]
+        self.split = {
+            "layout": "viper",
+            "split_index": hp.split_index,
+            "seed": hp.seed,
+            "splits": hp.splits,
+            "train_ids": _people(split.train),
+            "test_ids": _people(split.query + split.gallery),
+        }
+        return split.train, split.query, split.gallery
 
     @staticmethod
     def _labels(images: Sequence[ReIDImage], names: Sequence[str]) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Specification of ReIDDataModule: VIPeR and Market-1501 layouts, identity splits, query/gallery evaluation."""
 
+import json
 import re
 import shutil
 from types import SimpleNamespace
@@ -198,3 +199,83 @@ def test_missing_root_is_named(tmp_path, monkeypatch):
         ReIDDataModule(root_env="LIT_METRIC_VIPER")
     with pytest.raises(FileNotFoundError, match=re.escape(f"data folder '{tmp_path / 'nowhere'}' (from `root`)")):
         ReIDDataModule(root=str(tmp_path / "nowhere"))
+
+
+# Fixed splits from a file: torchreid's splits.json or identity lists.
+
+
+def torchreid_splits(root, people_train, people_test, prefix="/elsewhere/VIPeR"):
+    """A torchreid-style split: [path, pid, camid] rows whose paths were written on another machine."""
+    row = lambda person, camera: [f"{prefix}/{('cam_a', 'cam_b')[camera]}/{person:03d}_{(0, 90)[camera]}.bmp", person, camera]  # noqa: E731
+    return {
+        "train": [row(p, c) for p in people_train for c in (0, 1)],
+        "query": [row(p, 0) for p in people_test],
+        "gallery": [row(p, 1) for p in people_test],
+    }
+
+
+def test_a_torchreid_splits_file_fixes_train_query_and_gallery(viper_root, tmp_path):
+    file = tmp_path / "splits.json"
+    splits = [torchreid_splits(viper_root, range(0, 36), range(36, 72)), torchreid_splits(viper_root, range(36, 72), range(36))]
+    file.write_text(json.dumps(splits))
+    datamodule = viper(viper_root, splits=str(file), split_index=1)
+    assert datamodule.split["train_ids"] == [f"{p:03d}" for p in range(36, 72)]
+    assert datamodule.split["test_ids"] == [f"{p:03d}" for p in range(36)]
+    evaluation = datamodule.eval_set
+    is_query = evaluation.extras["is_query"]
+    assert identities(evaluation, is_query) == {f"{p:03d}" for p in range(36)}
+    assert all(path.parent.name == "cam_a" for path, query in zip(evaluation.paths, is_query) if query)
+    assert all(path.parent.name == "cam_b" for path, query in zip(evaluation.paths, is_query) if not query)
+
+
+def test_an_identity_list_splits_file_queries_camera_a_against_camera_b(viper_root, tmp_path):
+    file = tmp_path / "splits.json"
+    file.write_text(json.dumps([{"train": [f"{p:03d}" for p in range(40)], "test": [f"{p:03d}" for p in range(40, 72)]}]))
+    datamodule = viper(viper_root, splits=str(file))
+    assert identities(datamodule.train_set) == {f"{p:03d}" for p in range(40)} and len(datamodule.train_set) == 80
+    assert int(datamodule.eval_set.extras["is_query"].sum()) == 32
+
+
+def test_viper_layout_halves_any_even_number_of_people(viper_root, tmp_path):
+    root = tmp_path / "viper"
+    for camera in ("cam_a", "cam_b"):
+        (root / camera).mkdir(parents=True)
+        for image in sorted((viper_root / camera).iterdir())[:6]:
+            shutil.copy(image, root / camera / image.name)
+    datamodule = viper(root, classes_per_batch=2)
+    assert len(datamodule.split["train_ids"]) == len(datamodule.split["test_ids"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "is not JSON"),
+        ("[]", "must hold a non-empty list of splits"),
+        ('[{"train": []}]', "split 0 must have keys 'train', 'query' and 'gallery', or 'train' and 'test'"),
+        ('[{"train": ["000"], "test": ["999"]}]', r"split 0, 'test' names identities that the data set does not have: \['999'\]"),
+        ('[{"train": ["000", "001"], "test": ["001"]}]', r"split 0 trains on people it also tests on: \['001'\]"),
+        (
+            '[{"train": [["x/cam_a/000_0.bmp", 0, 0]], "query": [["x/cam_a/nobody.bmp", 1, 0]], "gallery": []}]',
+            r"split 0, 'query' names 'x/cam_a/nobody.bmp', which is not an image of the data set",
+        ),
+    ],
+)
+def test_bad_splits_files_are_named(viper_root, tmp_path, content, message):
+    file = tmp_path / "splits.json"
+    file.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        viper(viper_root, splits=str(file))
+
+
+def test_split_index_beyond_the_splits_of_the_file_is_named(viper_root, tmp_path):
+    file = tmp_path / "splits.json"
+    file.write_text(json.dumps([torchreid_splits(viper_root, range(36), range(36, 72))]))
+    with pytest.raises(ValueError, match=re.escape(f"`split_index` must be in [0, 1) for the 1 splits of '{file}', got 3")):
+        viper(viper_root, splits=str(file), split_index=3)
+
+
+def test_missing_splits_file_and_splits_for_market1501_are_named(viper_root, market_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="`splits` file .*nowhere.json' does not exist"):
+        viper(viper_root, splits=str(tmp_path / "nowhere.json"))
+    with pytest.raises(ValueError, match="`splits` applies to the 'viper' layout, got layout 'market1501'"):
+        ReIDDataModule(root=str(market_root), splits=str(tmp_path / "splits.json"))
