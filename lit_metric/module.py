@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
@@ -33,6 +34,8 @@ class MetricLearningModule(L.LightningModule):
         metrics: retrieval metric for validation and test (each gets its own copy); defaults to
             ``RetrievalMetrics()``.
         scheduler_monitor: the logged metric that a ``ReduceLROnPlateau`` scheduler watches.
+        flip_test: outside training, embed each image as the sum of the unit embeddings of the image and of its
+            left-right mirror image, the "flip test" of re-ID; validation, test, predict and search then see it.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class MetricLearningModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         metrics: RetrievalMetrics | None = None,
         scheduler_monitor: str = "val/map@r",
+        flip_test: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -51,6 +55,7 @@ class MetricLearningModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
+        self.flip_test = flip_test
         metrics = metrics if metrics is not None else RetrievalMetrics()
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
@@ -60,8 +65,14 @@ class MetricLearningModule(L.LightningModule):
         return self.embed(images)
 
     def embed(self, images: Tensor) -> Tensor:
-        """``(B, ...)`` images to ``(B, D)`` embeddings."""
-        return self.embedding_net(images)
+        """``(B, ...)`` images to ``(B, D)`` embeddings; with ``flip_test`` outside training, the sum of the unit
+        embeddings of ``images`` and of their mirror images along the last (width) axis."""
+        embeddings = self.embedding_net(images)
+        if self.flip_test and not self.training:
+            mirrored = self.embedding_net(images.flip(-1))
+            # Unit rows first, so that neither view outweighs the other in the cosine of the sum.
+            embeddings = F.normalize(embeddings, dim=1) + F.normalize(mirrored, dim=1)
+        return embeddings
 
     def gather_reference(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """References that the local anchors are compared with: the global batch.

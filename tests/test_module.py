@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lit_metric import BinomialDevianceLoss, ConvEmbedder, MetricLearningModule, PairMiner, RetrievalMetrics
@@ -85,6 +86,22 @@ def test_predict_step_returns_the_embeddings():
     module, batch = tiny_module(), tiny_batch()
     module.eval()
     torch.testing.assert_close(module.predict_step(batch, 0), module.embed(batch["image"]))
+
+
+def test_flip_test_embeds_an_image_and_its_mirror_image_outside_training():
+    module, batch = tiny_module(flip_test=True), tiny_batch()
+    images = batch["image"]
+    module.eval()
+    net = module.embedding_net
+    expected = F.normalize(net(images), dim=1) + F.normalize(net(images.flip(-1)), dim=1)
+    torch.testing.assert_close(module.embed(images), expected)
+    # Mirror images get the same embedding, and training sees the plain network.
+    torch.testing.assert_close(module.embed(images.flip(-1)), expected)
+    module.train()
+    torch.manual_seed(1)
+    plain = net(images)
+    torch.manual_seed(1)
+    torch.testing.assert_close(module.embed(images), plain)
 
 
 def test_validation_and_test_log_the_retrieval_metrics():
