@@ -1,8 +1,11 @@
 # Set-up is part of every target: a fresh machine needs only Python and pip.
 PYTHON ?= python3
 VENV ?= .venv
-# Override for another build, e.g. `make test TORCH_SPEC="torch==2.5.1"`; the default is a local CPU wheel here.
-TORCH_SPEC ?= torch==2.13.0
+# torch and torchvision are pinned as a pair: torchvision's compiled operators load only against the torch it was built
+# for (this machine's local CPU build of torch 2.13.0 lacks them: "operator torchvision::nms does not exist").
+# Override for another build, e.g. `make test TORCH_SPEC="torch==2.5.1 torchvision==0.20.1"`; each word is quoted,
+# so that a spec such as torch>=2.5 is not a shell redirect.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -13,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(patsubst %,"%",$(TORCH_SPEC))
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
