@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import wandb
 import yaml
+from torchvision.transforms import v2
 
 from lit_metric import load_embeddings
 from lit_metric.cli import run
@@ -63,6 +64,13 @@ def assert_metrics_and_checkpoint(cli, workdir: Path):
     assert list(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def assert_augmented_at_the_image_size(cli):
+    """The config's torchvision augmentation is built, and gives training images back at ``image_size``."""
+    datamodule = cli.datamodule
+    assert isinstance(datamodule.augmentation, v2.Compose)
+    assert datamodule.train_set[0]["image"].shape[1:] == tuple(datamodule.hparams.image_size)
+
+
 def test_digits_config_runs(tmp_path):
     assert_metrics_and_checkpoint(fit_briefly("digits.yaml", tmp_path), tmp_path)
 
@@ -71,6 +79,7 @@ def test_att_faces_config_runs_on_orl_folders_given_by_the_environment(orl_faces
     monkeypatch.setenv("LIT_METRIC_ATT_FACES", str(orl_faces))
     cli = fit_briefly("att_faces.yaml", tmp_path)
     assert_metrics_and_checkpoint(cli, tmp_path)
+    assert_augmented_at_the_image_size(cli)
     assert cli.datamodule.split["train"] == [f"s{i}" for i in range(1, 21)]
     assert cli.datamodule.split["val"] == [f"s{i}" for i in range(21, 41)]
     # `lit-metric predict` with the export overlay writes each held-out image's embedding with its file path.
@@ -94,6 +103,7 @@ def test_att_faces_config_without_a_root_names_the_option_and_the_variable(tmp_p
 def test_viper_config_runs_on_cam_a_cam_b_folders(viper_root, tmp_path):
     cli = fit_briefly("viper.yaml", tmp_path, f"--data.init_args.root={viper_root}")
     assert_metrics_and_checkpoint(cli, tmp_path)
+    assert_augmented_at_the_image_size(cli)
     assert float(cli.trainer.callback_metrics["val/num_queries"]) == 36
     assert len(cli.datamodule.split["test_ids"]) == 36
 
@@ -103,5 +113,6 @@ def test_market1501_config_runs_on_market_names(market_root, tmp_path):
     workers = "--data.init_args.num_workers=2"
     cli = fit_briefly("market1501.yaml", tmp_path, f"--data.init_args.root={market_root}", workers)
     assert_metrics_and_checkpoint(cli, tmp_path)
+    assert_augmented_at_the_image_size(cli)
     assert float(cli.trainer.callback_metrics["val/num_queries"]) == 3
     assert "val/map" in cli.trainer.callback_metrics

@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from lit_metric.data.loaders import eval_loader, pk_train_loader
 from lit_metric.data.samplers import check_pk_labels
-from lit_metric.data.transforms import Normalize, image_size_of, load_image
+from lit_metric.data.transforms import image_size_of, load_image
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule", "natural_key", "resolve_root"]
 
@@ -145,7 +146,14 @@ def transforms_for(augmentation: nn.Module | None, mean: Sequence[float] | None,
     """The training and evaluation transform lists: augmentation only in training, normalisation in both."""
     if (mean is None) != (std is None):
         raise ValueError("`mean` and `std` must be given together, or neither")
-    normalize = [Normalize(mean, std)] if mean is not None else []
+    normalize = []
+    if mean is not None:
+        # Checked here, at construction: torchvision checks `std` only when the first image arrives, and not its sign.
+        if len(mean) != len(std):
+            raise ValueError(f"`mean` and `std` must have one value per channel, got {list(mean)} and {list(std)}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"`std` must be > 0, got {list(std)}")
+        normalize = [v2.Normalize(mean, std)]
     augment = [augmentation] if augmentation is not None else []
     return augment + normalize, normalize
 
@@ -187,8 +195,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         channels: 1 reads images as greyscale, 3 as RGB, whatever their format.
         mean: per-channel mean subtracted after augmentation, or ``None``.
         std: per-channel standard deviation divided by, given with ``mean``.
-        augmentation: applied to each ``(C, H, W)`` training image in ``[0, 1]``, e.g.
-            :class:`~lit_metric.data.transforms.RandomAugment`.
+        augmentation: applied to each ``(C, H, W)`` float training image in ``[0, 1]``, e.g. a torchvision
+            ``transforms.v2.Compose``; it draws from torch's global generator, which Lightning seeds.
         classes_per_batch: P, classes in each training batch.
         samples_per_class: K, images of each class in each training batch.
         replacement: let the sampler repeat images of classes with fewer than K.

@@ -230,8 +230,8 @@ class ReIDDataModule(L.LightningDataModule):
         channels: 3 reads images as RGB, 1 as greyscale.
         mean: per-channel mean subtracted after augmentation, or ``None``.
         std: per-channel standard deviation divided by, given with ``mean``.
-        augmentation: applied to each ``(C, H, W)`` training image in ``[0, 1]``, e.g.
-            :class:`~lit_metric.data.transforms.RandomAugment`.
+        augmentation: applied to each ``(C, H, W)`` float training image in ``[0, 1]``, e.g. a torchvision
+            ``transforms.v2.Compose``; it draws from torch's global generator, which Lightning seeds.
         classes_per_batch: P, identities in each training batch.
         samples_per_class: K, images of each identity in each training batch (VIPeR has 2).
         replacement: let the sampler repeat images of identities with fewer than K.

@@ -1,18 +1,18 @@
-"""Image decoding with PIL and image augmentation with plain torch ops, so that no torchvision is needed."""
+"""Image decoding with PIL, which reads PGM and BMP too (torchvision's decoders do not); augmentation and
+normalisation are torchvision's ``transforms.v2``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["Normalize", "RandomAugment", "image_size_of", "load_image"]
+__all__ = ["image_size_of", "load_image"]
 
 # PIL opens 16-bit greyscale PNG, PGM and TIFF files in these modes; "I" also holds 32-bit integers, but PIL scales
 # PGM files of any maxval to the 16-bit range in it, so the 16-bit range is what its pixels mean.
@@ -82,77 +82,3 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
             yield image
     except (OSError, ValueError, SyntaxError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
-
-
-class RandomAugment(nn.Module):
-    """Random crop-and-resize, horizontal flip, brightness and contrast of one ``(C, H, W)`` image in ``[0, 1]``.
-
-    A module, so that configs can give it, or any other image module, as ``class_path`` and chain several with
-    ``torch.nn.Sequential``. Draws from torch's global generator, which Lightning seeds and each data loader worker
-    reseeds.
-
-    Args:
-        crop_scale: smallest side of the random crop as a fraction of the image side; the crop is resized back to
-            the full size, so it both shifts and zooms. 1 disables cropping.
-        flip: mirror left-right with probability 1/2.
-        brightness: largest shift added to every pixel.
-        contrast: largest relative change of the spread around the image mean.
-    """
-
-    def __init__(
-        self, crop_scale: float = 0.85, flip: bool = True, brightness: float = 0.2, contrast: float = 0.2
-    ) -> None:
-        super().__init__()
-        if not 0 < crop_scale <= 1:
-            raise ValueError(f"`crop_scale` must be in (0, 1], got {crop_scale}")
-        if brightness < 0 or contrast < 0:
-            raise ValueError(f"`brightness` and `contrast` must be >= 0, got {brightness} and {contrast}")
-        self.crop_scale = crop_scale
-        self.flip = flip
-        self.brightness = brightness
-        self.contrast = contrast
-
-    def forward(self, image: Tensor) -> Tensor:
-        """``(C, H, W)`` image to an augmented ``(C, H, W)`` image, clamped to ``[0, 1]``."""
-        _, height, width = image.shape
-        if self.crop_scale < 1:
-            scale = self.crop_scale + (1 - self.crop_scale) * float(torch.rand(()))
-            crop_h, crop_w = max(1, round(height * scale)), max(1, round(width * scale))
-            top = int(torch.randint(height - crop_h + 1, ()))
-            left = int(torch.randint(width - crop_w + 1, ()))
-            crop = image[None, :, top : top + crop_h, left : left + crop_w]
-            image = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
-        if self.flip and bool(torch.rand(()) < 0.5):
-            image = image.flip(-1)
-        if self.contrast > 0:
-            factor = 1 + self.contrast * (2 * float(torch.rand(())) - 1)
-            mean = image.mean()
-            image = (image - mean) * factor + mean
-        if self.brightness > 0:
-            image = image + self.brightness * (2 * float(torch.rand(())) - 1)
-        return image.clamp(0, 1)
-
-    def extra_repr(self) -> str:
-        return f"crop_scale={self.crop_scale}, flip={self.flip}, brightness={self.brightness}, contrast={self.contrast}"
-
-
-class Normalize(nn.Module):
-    """``(image - mean) / std`` per channel of a ``(C, H, W)`` image.
-
-    Args:
-        mean: one value per channel.
-        std: one value per channel, each ``> 0``.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        if len(mean) != len(std):
-            raise ValueError(f"`mean` and `std` must have one value per channel, got {list(mean)} and {list(std)}")
-        if any(s <= 0 for s in std):
-            raise ValueError(f"`std` must be > 0, got {list(std)}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
-
-    def forward(self, image: Tensor) -> Tensor:
-        """``(C, H, W)`` image to a normalised ``(C, H, W)`` image."""
-        return (image - self.mean) / self.std

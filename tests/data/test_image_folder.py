@@ -3,15 +3,39 @@
 import re
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import ExifTags, Image
+from torchvision.transforms import v2
 
 from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule, natural_key
-from lit_metric.data.transforms import Normalize, RandomAugment, image_size_of, load_image
+from lit_metric.data.transforms import image_size_of, load_image
 
 SMALL_BATCHES = {"classes_per_batch": 2, "samples_per_class": 2}
+
+
+def augmented_faces(root, **kwargs):
+    """The 14x12 test faces, s1..s20 in 4 x 5 training batches, augmented as the shipped configs do but more
+    strongly: a crop resized back, a mirror image, brightness and contrast."""
+    augmentation = v2.Compose(
+        [
+            v2.RandomResizedCrop((14, 12), scale=(0.5, 1.0), ratio=(12 / 14, 12 / 14)),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.5, contrast=0.5),
+        ]
+    )
+    datamodule = ImageFolderDataModule(
+        root=str(root),
+        train_classes="s1..s20",
+        augmentation=augmentation,
+        classes_per_batch=4,
+        samples_per_class=5,
+        **kwargs,
+    )
+    datamodule.setup("fit")
+    return datamodule
 
 
 def names(datamodule, dataset):
@@ -85,22 +109,29 @@ def test_fraction_split_is_class_disjoint_and_reproducible_by_seed(orl_faces):
 
 
 def test_training_batches_are_p_by_k_and_augmented_evaluation_batches_are_not(orl_faces):
-    datamodule = ImageFolderDataModule(
-        root=str(orl_faces),
-        train_classes="s1..s20",
-        augmentation=RandomAugment(crop_scale=0.8),
-        classes_per_batch=4,
-        samples_per_class=5,
-        eval_batch_size=64,
-    )
-    datamodule.setup("fit")
+    datamodule = augmented_faces(orl_faces, eval_batch_size=64)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["image"].shape == (20, 1, 14, 12)
+    assert 0 <= float(batch["image"].min()) <= float(batch["image"].max()) <= 1
     assert torch.bincount(batch["label"]).max() == 5 and len(batch["label"].unique()) == 4
     stored = datamodule.train_set.images[batch["index"]].float() / 255
     assert not torch.equal(batch["image"], stored)
     evaluation = next(iter(datamodule.val_dataloader()))
     assert torch.equal(evaluation["image"], datamodule.val_set.images[:64].float() / 255)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_augmentation_draws_from_the_global_seed_in_the_loader_s_workers_too(orl_faces, num_workers):
+    def first_batch(seed):
+        datamodule = augmented_faces(orl_faces, num_workers=num_workers)
+        L.seed_everything(seed, workers=True)  # as `lit-metric fit` does with `seed_everything`
+        return next(iter(datamodule.train_dataloader()))
+
+    first, again, other = first_batch(0), first_batch(0), first_batch(1)
+    assert torch.equal(first["image"], again["image"])
+    # The sampler draws from its own `seed`: the same images, augmented differently.
+    assert torch.equal(first["index"], other["index"])
+    assert not torch.equal(first["image"], other["image"])
 
 
 def test_images_read_lazily_equal_images_held_in_memory(mixed_folder):
@@ -161,16 +192,6 @@ def test_16_bit_images_are_rescaled_to_8_bits_keeping_their_levels(tmp_path, suf
     assert torch.equal(load_image(path, channels=3), load_image(path).expand(3, -1, -1))
 
 
-def test_random_augment_keeps_shape_and_range():
-    torch.manual_seed(0)
-    image = torch.rand(3, 20, 16)
-    augmented = RandomAugment(crop_scale=0.7, brightness=0.5, contrast=0.5)(image)
-    assert augmented.shape == image.shape
-    assert 0 <= float(augmented.min()) <= float(augmented.max()) <= 1
-    assert torch.equal(RandomAugment(crop_scale=1, flip=False, brightness=0, contrast=0)(image), image)
-    assert torch.allclose(Normalize([0.5] * 3, [0.5] * 3)(image), image * 2 - 1)
-
-
 # Bad inputs fail with the argument or the path and what was expected.
 
 
@@ -190,6 +211,19 @@ def test_unset_root_names_the_option_and_the_environment_variable(monkeypatch):
     monkeypatch.delenv("LIT_METRIC_TEST_FACES", raising=False)
     with pytest.raises(ValueError, match=r"root PATH\) or set the environment variable LIT_METRIC_TEST_FACES"):
         ImageFolderDataModule(root_env="LIT_METRIC_TEST_FACES")
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "message"),
+    [
+        ([0.5], None, "`mean` and `std` must be given together, or neither"),
+        ([0.5, 0.5, 0.5], [0.25], "`mean` and `std` must have one value per channel, got [0.5, 0.5, 0.5] and [0.25]"),
+        ([0.5], [0.0], "`std` must be > 0, got [0.0]"),
+    ],
+)
+def test_bad_normalisation_is_named(orl_faces, mean, std, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ImageFolderDataModule(root=str(orl_faces), mean=mean, std=std)
 
 
 def test_empty_class_folder_is_named(tmp_path, write_image):
