@@ -67,7 +67,7 @@ def assert_metrics_and_checkpoint(cli, workdir: Path):
 def assert_augmented_at_the_image_size(cli):
     """The config's torchvision augmentation is built, and gives training images back at ``image_size``."""
     datamodule = cli.datamodule
-    assert isinstance(datamodule.augmentation, v2.Compose)
+    assert isinstance(datamodule.augmentation, v2.Transform)
     assert datamodule.train_set[0]["image"].shape[1:] == tuple(datamodule.hparams.image_size)
 
 
