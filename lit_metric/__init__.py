@@ -5,10 +5,11 @@ from lit_metric.io import load_embeddings, save_embeddings
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
 from lit_metric.module import MetricLearningModule
-from lit_metric.networks import ConvEmbedder, PartEmbedder
+from lit_metric.networks import BackboneEmbedder, ConvEmbedder, PartEmbedder
 from lit_metric.search import EmbeddingIndex, nearest
 
 __all__ = [
+    "BackboneEmbedder",
     "BinomialDevianceLoss",
     "ConvEmbedder",
     "EmbeddingIndex",

@@ -64,6 +64,20 @@ class MetricLearningModule(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.embed(images)
 
+    @property
+    def preprocessing(self) -> dict | None:
+        """How images must be prepared for the network (``channels``, ``image_size``, ``mean``, ``std``), as its
+        ``preprocessing`` attribute says (:class:`~lit_metric.networks.BackboneEmbedder` has one), or ``None``.
+
+        The image data modules take the settings that their config leaves unset from it, and checkpoints record it
+        under ``"preprocessing"``, so that search by example prepares new images the same way.
+        """
+        return getattr(self.embedding_net, "preprocessing", None)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.preprocessing is not None:
+            checkpoint["preprocessing"] = self.preprocessing
+
     def embed(self, images: Tensor) -> Tensor:
         """``(B, ...)`` images to ``(B, D)`` embeddings; with ``flip_test`` outside training, the sum of the unit
         embeddings of ``images`` and of their mirror images along the last (width) axis."""

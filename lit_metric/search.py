@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lit_metric.data.transforms import load_image
 from lit_metric.functional._checks import check_k, check_matrix, describe
 from lit_metric.functional.knn import cosine_knn, normalize
 from lit_metric.io import load_embeddings
@@ -131,6 +132,24 @@ class EmbeddingIndex:
         check_k(k, len(self.embeddings))
         _check_images(images, "images", self.image_shape)
         return self.search_embeddings(embed_images(self.model, images), k)
+
+    def search_files(self, paths: Sequence[str | Path], k: int = 5) -> Neighbours:
+        """The ``k`` nearest gallery items of each image file in ``paths``, read and normalised as the model's
+        :attr:`~lit_metric.MetricLearningModule.preprocessing` says (the one its checkpoint records).
+
+        Raises:
+            ValueError: naming ``paths`` when the model declares no preprocessing; then prepare the images as in
+                training and call :meth:`search`.
+        """
+        settings = self.model.preprocessing
+        if settings is None:
+            raise ValueError(
+                "`paths`: the model declares no preprocessing to read them with; prepare the images as in training "
+                "and call `search`"
+            )
+        images = torch.stack([load_image(path, settings["channels"], settings["image_size"]) for path in paths])
+        mean, std = (torch.tensor(settings[key], dtype=torch.float32).view(-1, 1, 1) for key in ("mean", "std"))
+        return self.search((images.float() / 255 - mean) / std, k)
 
     def search_embeddings(self, queries: Tensor, k: int = 5) -> Neighbours:
         """The ``k`` nearest gallery items of each of the ``(Q, D)`` query embeddings."""

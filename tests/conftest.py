@@ -85,3 +85,15 @@ def market_root(tmp_path_factory) -> Path:
             write_image(root / folder / name, (32, 16), "RGB", seed=int(name.split("_")[0]) % 100)
         (root / folder / "Thumbs.db").write_bytes(b"not an image, ignored")
     return root
+
+
+@pytest.fixture(scope="session")
+def test_resnet_weights(tmp_path_factory) -> Path:
+    """A state dict of timm's 370k-parameter ``test_resnet``, classifier included, as ``torch.save`` writes one."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "test_resnet.pt"
+    torch.save(timm.create_model("test_resnet").state_dict(), path)
+    return path

@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lit_metric import BinomialDevianceLoss, ConvEmbedder, MetricLearningModule, PairMiner, RetrievalMetrics
+from lit_metric import (
+    BackboneEmbedder,
+    BinomialDevianceLoss,
+    ConvEmbedder,
+    MetricLearningModule,
+    PairMiner,
+    RetrievalMetrics,
+)
 from lit_metric.data import TensorImageDataset
 from lit_metric.functional import binomial_deviance, cosine_similarity
 
@@ -16,6 +23,13 @@ def tiny_batch(classes=4, per_class=3, seed=0):
     labels = torch.arange(classes).repeat_interleave(per_class)
     images = torch.rand(len(labels), 1, 8, 8, generator=generator) + labels.view(-1, 1, 1, 1) / classes
     return {"image": images, "label": labels, "index": torch.arange(len(labels))}
+
+
+def rgb_batch(classes=4, per_class=3, size=16, seed=0):
+    batch = tiny_batch(classes, per_class, seed)
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(len(batch["label"]), 3, size, size, generator=generator)
+    return {**batch, "image": images + batch["label"].view(-1, 1, 1, 1) / classes}
 
 
 def tiny_module(**kwargs):
@@ -208,3 +222,17 @@ def test_a_subclass_overrides_one_hook_and_trains():
     trainer = tiny_trainer(max_steps=3)
     trainer.fit(module, loader(batch))
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_a_checkpoint_records_the_network_s_preprocessing(tmp_path):
+    module = MetricLearningModule(BackboneEmbedder("test_resnet", embedding_dim=8, image_size=(16, 16)))
+    trainer = tiny_trainer(max_steps=1, enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer.fit(module, loader(rgb_batch()))
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    assert checkpoint["preprocessing"] == {"channels": 3, "image_size": [16, 16], "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+def test_a_network_without_preprocessing_records_none():
+    checkpoint = {}
+    tiny_module().on_save_checkpoint(checkpoint)
+    assert "preprocessing" not in checkpoint

@@ -1,11 +1,13 @@
-"""Specification of the small convolutional embedders."""
+"""Specification of the embedding networks: the small CNNs and the timm backbones."""
 
+import huggingface_hub.constants
 import pytest
+import safetensors.torch
+import timm
 import torch
 
-from lit_metric import ConvEmbedder
-from lit_metric import PartEmbedder
-from lit_metric.networks import part_rows
+from lit_metric import BackboneEmbedder, ConvEmbedder, PartEmbedder
+from lit_metric.networks import GeM, part_rows
 
 
 @pytest.mark.parametrize(("shape", "channels"), [((1, 8, 8), (32, 64, 128)), ((1, 56, 46), (16, 32, 64, 128)), ((3, 32, 16), (8,))])
@@ -75,3 +77,140 @@ def test_parts_that_do_not_fit_the_image_are_named():
 def test_images_of_another_size_than_the_parts_are_laid_out_for_are_named():
     with pytest.raises(ValueError, match=r"`images` must be 128x48 \(the `image_size` the parts are laid out for\)"):
         PartEmbedder()(torch.rand(2, 3, 64, 48))
+
+
+# BackboneEmbedder: any timm model, pooled, with an embedding head.
+
+
+def tiny_backbone(**kwargs):
+    """timm's ``test_resnet`` (96 features) on 32x32 images, random weights."""
+    torch.manual_seed(0)
+    return BackboneEmbedder(**{"name": "test_resnet", "embedding_dim": 16, "image_size": (32, 32), **kwargs})
+
+
+@pytest.mark.parametrize("pooling", ["avg", "gem"])
+@pytest.mark.parametrize(("head", "embedding_dim", "width"), [("bnneck", 16, 16), ("linear", 16, 16), ("none", None, 96)])
+def test_a_timm_name_maps_rgb_images_to_the_embedding(pooling, head, embedding_dim, width):
+    network = tiny_backbone(pooling=pooling, head=head, embedding_dim=embedding_dim)
+    assert network(torch.rand(4, 3, 32, 32)).shape == (4, width)
+    assert network.embedding_dim == width
+
+
+def test_the_bnneck_head_is_a_bias_free_linear_map_and_a_batch_norm():
+    head = tiny_backbone().head
+    assert [type(layer) for layer in head] == [torch.nn.Linear, torch.nn.BatchNorm1d] and head[0].bias is None
+
+
+def test_head_none_embeds_by_the_pooled_backbone_features():
+    network = tiny_backbone(head="none", embedding_dim=None).eval()
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(network(images), network.backbone(images).mean(dim=(2, 3)))
+
+
+def test_transformer_tokens_are_pooled_like_positions():
+    network = BackboneEmbedder("test_vit", head="none", embedding_dim=None).eval()
+    images = torch.rand(2, 3, 160, 160)
+    torch.testing.assert_close(network(images), network.backbone(images).mean(dim=1))
+
+
+def test_gem_is_average_pooling_at_p_1_nears_max_pooling_for_large_p_and_learns_p():
+    features = torch.rand(2, 5, 4, 4) + 0.1
+    torch.testing.assert_close(GeM(p=1.0)(features), features.mean(dim=(2, 3)))
+    torch.testing.assert_close(GeM(p=200.0)(features), features.amax(dim=(2, 3)), rtol=0.02, atol=0)
+    gem = GeM()
+    gem(features).sum().backward()
+    assert gem.p.grad is not None
+
+
+def test_preprocessing_comes_from_timm_s_pretrained_config():
+    network = BackboneEmbedder("resnet50", embedding_dim=8)
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert network.preprocessing == {"channels": 3, "image_size": [224, 224], **imagenet}
+    people = BackboneEmbedder("resnet50", embedding_dim=8, image_size=(256, 128))
+    assert people.preprocessing == {"channels": 3, "image_size": [256, 128], **imagenet}
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_weights_file_sets_the_backbone_without_its_classifier(test_resnet_weights, suffix, tmp_path):
+    state = torch.load(test_resnet_weights, weights_only=True)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    network = tiny_backbone(weights=str(path))
+    assert "fc.weight" in state
+    for key, value in network.backbone.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_weights_that_do_not_fit_name_the_first_mismatched_keys_and_shapes(test_resnet_weights, tmp_path):
+    state = torch.load(test_resnet_weights, weights_only=True)
+    state["conv1.0.weight"] = state["conv1.0.weight"][:, :2]
+    state["extra.weight"] = torch.zeros(1)
+    del state["bn1.weight"]
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="`weights` file .*bad.pt.* does not fit the backbone 'test_resnet'") as error:
+        tiny_backbone(weights=str(tmp_path / "bad.pt"))
+    message = str(error.value)
+    assert "1 missing keys: ['bn1.weight']" in message
+    assert "1 unexpected keys: ['extra.weight']" in message
+    assert "conv1.0.weight: (16, 2, 3, 3) in the file, (16, 3, 3, 3) in the model" in message
+
+
+def test_weights_of_another_model_list_the_first_five_of_each_kind(test_resnet_weights):
+    with pytest.raises(ValueError, match=r"missing keys: \[.*\] \.\.\.; \d+ unexpected keys"):
+        BackboneEmbedder("test_convnext", weights=str(test_resnet_weights))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error", "match"),
+    [
+        ("missing.pt", None, FileNotFoundError, "`weights` file .*missing.pt.* does not exist"),
+        ("weights.npz", b"", ValueError, "`weights` must be a .pt, .pth or .safetensors file"),
+        ("model.pt", {"fc": 1.0}, ValueError, "`weights` file .* must hold a state dict"),
+    ],
+)
+def test_a_weights_file_that_is_no_state_dict_is_named(name, content, error, match, tmp_path):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(error, match=match):
+        tiny_backbone(weights=str(path))
+
+
+def test_an_unknown_timm_name_is_named_with_close_names():
+    with pytest.raises(ValueError, match=r"`name` 'resnet5' is not a timm model; close names: \['resnet50'"):
+        BackboneEmbedder("resnet5")
+
+
+def test_pretrained_without_network_access_suggests_a_weights_file(monkeypatch):
+    # Offline mode fails at once, as a machine without network fails after the hub's retries.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match="`pretrained`: the weights of 'test_resnet' could not be downloaded") as error:
+        BackboneEmbedder("test_resnet", pretrained=True)
+    assert "`weights:` with `pretrained: false`" in str(error.value)
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pretrained": True, "weights": "w.pt"}, "give `pretrained: true` or a `weights` file, not both"),
+        ({"pooling": "max"}, "`pooling` must be 'avg' or 'gem', got 'max'"),
+        ({"head": "mlp"}, "`head` must be 'bnneck', 'linear' or 'none', got 'mlp'"),
+        ({"head": "none"}, "`embedding_dim` must be None or the backbone's 96 features with head 'none'"),
+        ({"embedding_dim": 0}, "`embedding_dim` must be a positive integer with head 'bnneck', got 0"),
+        ({"pooling": "gem", "gem_p": 0.0}, "`gem_p` must be > 0, got 0.0"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_backbone(**kwargs)
+
+
+def test_images_that_are_not_rgb_are_named():
+    with pytest.raises(ValueError, match=r"`images` must have shape \(N, 3, H, W\), got shape \(2, 1, 32, 32\)"):
+        tiny_backbone()(torch.rand(2, 1, 32, 32))

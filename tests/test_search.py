@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader
 import lit_metric.functional._checks as checks
 import lit_metric.functional.knn as knn
 import lit_metric.search as search
-from lit_metric import MetricLearningModule
+from lit_metric import BackboneEmbedder, MetricLearningModule
+from lit_metric.data import load_image
 from lit_metric.io import save_embeddings
 from lit_metric.cli import run
 from lit_metric.data import TensorImageDataset
-from lit_metric.search import EmbeddingIndex, embed_batches, nearest
+from lit_metric.search import EmbeddingIndex, embed_batches, embed_images, nearest
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
 
@@ -182,3 +183,20 @@ def test_a_gallery_that_is_not_a_non_empty_matrix_is_refused_by_name(index, embe
 def test_queries_that_are_not_a_non_empty_matrix_are_refused_by_name(index, queries, message):
     with pytest.raises(ValueError, match=message):
         index.search_embeddings(queries, k=2)
+
+
+def test_image_files_are_read_and_normalised_as_the_model_s_preprocessing_says(tmp_path, write_image):
+    torch.manual_seed(0)
+    model = MetricLearningModule(BackboneEmbedder("test_resnet", embedding_dim=8, image_size=(16, 16)))
+    paths = [write_image(tmp_path / f"{i}.png", (20, 24), "RGB", seed=i) for i in range(6)]
+    pixels = torch.stack([load_image(path, 3, (16, 16)) for path in paths]).float() / 255
+    prepared = (pixels - 0.5) / 0.5  # test_resnet's mean and std
+    index = EmbeddingIndex(model, embed_images(model, prepared))
+    found, expected = index.search_files(paths[:2], k=3), index.search(prepared[:2], k=3)
+    assert found.indices[:, 0].tolist() == [0, 1]
+    assert torch.equal(found.indices, expected.indices) and torch.equal(found.scores, expected.scores)
+
+
+def test_image_files_need_a_model_that_declares_its_preprocessing(index, tmp_path):
+    with pytest.raises(ValueError, match="`paths`: the model declares no preprocessing"):
+        index.search_files([tmp_path / "query.png"])

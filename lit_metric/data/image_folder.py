@@ -10,6 +10,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -19,11 +20,12 @@ from lit_metric.data.loaders import eval_loader, pk_train_loader
 from lit_metric.data.samplers import check_pk_labels
 from lit_metric.data.transforms import image_size_of, load_image
 
-__all__ = ["ImageFileDataset", "ImageFolderDataModule", "natural_key", "resolve_root"]
+__all__ = ["ImageFileDataset", "ImageFolderDataModule", "natural_key", "preprocessing_for", "resolve_root"]
 
 Transform = Callable[[Tensor], Tensor]
 ClassSpec = str | Sequence[str] | None
 SPLIT_PARTS = ("train", "val", "test")
+PREPROCESSING = ("channels", "image_size", "mean", "std")
 
 
 class ImageFileDataset(Dataset):
@@ -158,6 +160,45 @@ def transforms_for(augmentation: nn.Module | None, mean: Sequence[float] | None,
     return augment + normalize, normalize
 
 
+def preprocessing_for(datamodule: L.LightningDataModule, default_channels: int) -> dict:
+    """The data module's ``channels``, ``image_size``, ``mean`` and ``std``, with those its config leaves ``None``
+    taken from the ``preprocessing`` of the model it feeds (:attr:`~lit_metric.MetricLearningModule.preprocessing`).
+
+    Read at setup, when the trainer has attached both: then a config may still set its own values, and networks
+    that declare no preprocessing leave the settings as they are; ``channels`` then defaults to ``default_channels``.
+
+    Raises:
+        ValueError: naming the setting whose value differs from the model's, or ``mean`` and ``std`` whose
+            length is not the number of channels.
+    """
+    settings = {key: datamodule.hparams[key] for key in PREPROCESSING}
+    declared = getattr(getattr(datamodule.trainer, "lightning_module", None), "preprocessing", None)
+    taken = [key for key in PREPROCESSING if declared and settings[key] is None]
+    for key in PREPROCESSING:
+        if key in taken:
+            settings[key] = declared[key]
+        elif declared and _plain(settings[key]) != _plain(declared[key]):
+            # Training on other settings than the checkpoint records would prepare search queries differently.
+            raise ValueError(
+                f"`{key}` {settings[key]} differs from the model's preprocessing, {declared[key]}: leave it unset "
+                "to take the model's, or change the network's (e.g. BackboneEmbedder's `image_size`)"
+            )
+    if settings["channels"] is None:
+        settings["channels"] = default_channels
+    for key in ("mean", "std"):
+        if settings[key] is not None and len(settings[key]) != settings["channels"]:
+            raise ValueError(
+                f"`{key}` must have one value per channel ({settings['channels']}), got {list(settings[key])}"
+            )
+    if taken:
+        rank_zero_info(f"From the model's preprocessing: {', '.join(f'{key}={settings[key]}' for key in taken)}")
+    return settings
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def log_split(datamodule: L.LightningDataModule, split: Mapping[str, object]) -> None:
     """Record a data split in the trainer's logger, when the data module is attached to a trainer with one."""
     trainer = datamodule.trainer
@@ -191,10 +232,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         test_classes: test classes by name.
         val_fraction: share of the classes in validation when none are named.
         test_fraction: share of the classes in test when none are named.
-        image_size: ``(H, W)`` every image is resized to; ``None`` keeps the files' common size.
-        channels: 1 reads images as greyscale, 3 as RGB, whatever their format.
-        mean: per-channel mean subtracted after augmentation, or ``None``.
-        std: per-channel standard deviation divided by, given with ``mean``.
+        image_size: ``(H, W)`` every image is resized to; ``None`` takes the model's (:func:`preprocessing_for`),
+            else keeps the files' common size.
+        channels: 1 reads images as greyscale, 3 as RGB, whatever their format; ``None`` takes the model's, else 1.
+        mean: per-channel mean subtracted after augmentation; ``None`` takes the model's, else none.
+        std: per-channel standard deviation divided by, given with ``mean``; ``None`` takes the model's.
         augmentation: applied to each ``(C, H, W)`` float training image in ``[0, 1]``, e.g. a torchvision
             ``transforms.v2.Compose``; it draws from torch's global generator, which Lightning seeds.
         classes_per_batch: P, classes in each training batch.
@@ -216,7 +258,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_fraction: float = 0.5,
         test_fraction: float = 0.0,
         image_size: tuple[int, int] | None = None,
-        channels: Literal[1, 3] = 1,
+        channels: Literal[1, 3] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         augmentation: nn.Module | None = None,
@@ -229,8 +271,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if channels not in (1, 3):
-            raise ValueError(f"`channels` must be 1 or 3, got {channels}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"`channels` must be 1, 3 or None, got {channels}")
         if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ValueError(
                 "`val_fraction` must be in (0, 1) and `test_fraction` in [0, 1), with a sum below 1, "
@@ -243,6 +285,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_transforms, self.eval_transforms = transforms_for(augmentation, mean, std)
         self.classes: list[str] = []
         self.split: dict[str, list[str]] = {}
+        self.preprocessing: dict = {}
         self.train_set: ImageFileDataset | None = None
         self.val_set: ImageFileDataset | None = None
         self.test_set: ImageFileDataset | None = None
@@ -250,6 +293,10 @@ class ImageFolderDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.preprocessing = preprocessing_for(self, default_channels=1)
+        self.train_transforms, self.eval_transforms = transforms_for(
+            self.augmentation, self.preprocessing["mean"], self.preprocessing["std"]
+        )
         files = self._scan()
         self.classes = list(files)
         self.split = self._split_classes()
@@ -274,8 +321,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             datasets[part] = ImageFileDataset(
                 paths,
                 labels,
-                channels=hp.channels,
-                image_size=hp.image_size,
+                channels=self.preprocessing["channels"],
+                image_size=self.preprocessing["image_size"],
                 transforms=self.train_transforms if is_train else self.eval_transforms,
                 in_memory=hp.in_memory,
             )

@@ -20,6 +20,7 @@ from lit_metric.data.image_folder import (
     image_files,
     log_split,
     natural_key,
+    preprocessing_for,
     resolve_root,
     transforms_for,
 )
@@ -225,11 +226,12 @@ class ReIDDataModule(L.LightningDataModule):
         layout: ``"viper"`` or ``"market1501"``; ``None`` tells them apart by their folders.
         split_index: which split: 0 to 9 of the seeded VIPeR halvings, or an index into the ``splits`` file.
         splits: a JSON file of fixed splits for the VIPeR layout (:func:`read_splits`), or ``None`` to draw them.
-        image_size: ``(H, W)`` every image is resized to; ``None`` keeps the files' common size (VIPeR 128x48,
-            Market-1501 128x64).
-        channels: 3 reads images as RGB, 1 as greyscale.
-        mean: per-channel mean subtracted after augmentation, or ``None``.
-        std: per-channel standard deviation divided by, given with ``mean``.
+        image_size: ``(H, W)`` every image is resized to; ``None`` takes the model's
+            (:func:`~lit_metric.data.image_folder.preprocessing_for`), else keeps the files' common size (VIPeR
+            128x48, Market-1501 128x64).
+        channels: 3 reads images as RGB, 1 as greyscale; ``None`` takes the model's, else 3.
+        mean: per-channel mean subtracted after augmentation; ``None`` takes the model's, else none.
+        std: per-channel standard deviation divided by, given with ``mean``; ``None`` takes the model's.
         augmentation: applied to each ``(C, H, W)`` float training image in ``[0, 1]``, e.g. a torchvision
             ``transforms.v2.Compose``; it draws from torch's global generator, which Lightning seeds.
         classes_per_batch: P, identities in each training batch.
@@ -250,7 +252,7 @@ class ReIDDataModule(L.LightningDataModule):
         split_index: int = 0,
         splits: str | None = None,
         image_size: tuple[int, int] | None = None,
-        channels: Literal[1, 3] = 3,
+        channels: Literal[1, 3] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         augmentation: nn.Module | None = None,
@@ -267,8 +269,8 @@ class ReIDDataModule(L.LightningDataModule):
             raise ValueError(f"`layout` must be 'viper', 'market1501' or None, got {layout!r}")
         if splits is None and not 0 <= split_index < VIPER_SPLITS:
             raise ValueError(f"`split_index` must be in [0, {VIPER_SPLITS}), got {split_index}")
-        if channels not in (1, 3):
-            raise ValueError(f"`channels` must be 1 or 3, got {channels}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"`channels` must be 1, 3 or None, got {channels}")
         self.root = resolve_root(root, root_env)
         self.layout = layout if layout is not None else self._detect_layout()
         if splits is not None and self.layout != "viper":
@@ -279,6 +281,7 @@ class ReIDDataModule(L.LightningDataModule):
         self.augmentation = augmentation
         self.train_transforms, self.eval_transforms = transforms_for(augmentation, mean, std)
         self.split: dict[str, object] = {}
+        self.preprocessing: dict = {}
         self.train_set: ImageFileDataset | None = None
         self.eval_set: ImageFileDataset | None = None
 
@@ -296,6 +299,10 @@ class ReIDDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
+        self.preprocessing = preprocessing_for(self, default_channels=3)
+        self.train_transforms, self.eval_transforms = transforms_for(
+            self.augmentation, self.preprocessing["mean"], self.preprocessing["std"]
+        )
         if self.layout == "viper":
             train, query, gallery = self._viper_split(scan_viper(self.root))
         else:
@@ -363,8 +370,8 @@ class ReIDDataModule(L.LightningDataModule):
         return ImageFileDataset(
             [image.path for image in images],
             labels,
-            channels=self.hparams.channels,
-            image_size=self.hparams.image_size,
+            channels=self.preprocessing["channels"],
+            image_size=self.preprocessing["image_size"],
             transforms=transforms,
             extras={"camera": cameras, **flags},
             in_memory=self.hparams.in_memory,

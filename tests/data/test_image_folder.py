@@ -2,6 +2,7 @@
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import ExifTags, Image
 from torchvision.transforms import v2
 
+from lit_metric import BackboneEmbedder, ConvEmbedder, MetricLearningModule
 from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule, natural_key
 from lit_metric.data.transforms import image_size_of, load_image
 
@@ -346,3 +348,50 @@ def test_natural_order_puts_digit_runs_by_value_and_equal_values_by_name():
     names = ["s10", "s01", "s2", "s1", "b"]
     assert sorted(names, key=natural_key) == ["b", "s01", "s1", "s2", "s10"]
     assert sorted(reversed(names), key=natural_key) == sorted(names, key=natural_key)
+
+
+# The model's preprocessing: settings the config leaves unset come from the network the trainer feeds.
+
+
+def backbone_module(**kwargs):
+    return MetricLearningModule(BackboneEmbedder("test_resnet", embedding_dim=8, image_size=(16, 12), **kwargs))
+
+
+def test_unset_settings_come_from_the_preprocessing_of_the_model_trained(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20", **SMALL_BATCHES)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(backbone_module(), datamodule=datamodule)
+    half = [0.5, 0.5, 0.5]  # test_resnet's pretrained config
+    assert datamodule.preprocessing == {"channels": 3, "image_size": [16, 12], "mean": half, "std": half}
+    image = datamodule.val_set[0]["image"]
+    raw = load_image(datamodule.val_set.paths[0], 3, (16, 12)).float() / 255
+    torch.testing.assert_close(image, (raw - 0.5) / 0.5)
+
+
+def test_without_a_model_preprocessing_the_defaults_hold(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20")
+    datamodule.trainer = SimpleNamespace(lightning_module=MetricLearningModule(ConvEmbedder()), logger=None)
+    datamodule.setup("fit")
+    assert datamodule.preprocessing == {"channels": 1, "image_size": None, "mean": None, "std": None}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"channels": 1}, r"`channels` 1 differs from the model's preprocessing, 3: leave it unset"),
+        ({"image_size": (14, 12)}, r"`image_size` \(14, 12\) differs from the model's preprocessing, \[16, 12\]"),
+        ({"mean": [0.4] * 3, "std": [0.5] * 3}, r"`mean` \[0.4, 0.4, 0.4\] differs from the model's"),
+    ],
+)
+def test_a_setting_that_differs_from_the_model_s_preprocessing_is_named(orl_faces, kwargs, match):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20", **kwargs)
+    datamodule.trainer = SimpleNamespace(lightning_module=backbone_module(), logger=None)
+    with pytest.raises(ValueError, match=match):
+        datamodule.setup("fit")
+
+
+def test_a_mean_of_another_length_than_the_channels_is_named(orl_faces):
+    datamodule = ImageFolderDataModule(root=str(orl_faces), train_classes="s1..s20", mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(ValueError, match=r"`mean` must have one value per channel \(1\), got \[0.5, 0.5, 0.5\]"):
+        datamodule.setup("fit")

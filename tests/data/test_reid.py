@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lit_metric import BackboneEmbedder, MetricLearningModule
 from lit_metric.data.reid import ReIDDataModule, viper_split
 from lit_metric.metrics import RetrievalMetrics
 
@@ -103,6 +104,16 @@ def test_market1501_drops_junk_and_keeps_distractors_in_the_gallery_only(market_
     assert datamodule.split == {
         "layout": "market1501", "train_ids": 16, "train_images": 32, "query_images": 3, "gallery_images": 11
     }
+
+
+def test_market1501_images_are_prepared_as_the_model_s_preprocessing_says(market_root):
+    network = BackboneEmbedder("test_resnet", embedding_dim=8, image_size=(24, 12))
+    datamodule = ReIDDataModule(root=str(market_root), classes_per_batch=4, samples_per_class=2)
+    datamodule.trainer = SimpleNamespace(lightning_module=MetricLearningModule(network), logger=None)
+    datamodule.setup("fit")
+    assert datamodule.preprocessing == network.preprocessing
+    for dataset in (datamodule.train_set, datamodule.eval_set):
+        assert dataset[0]["image"].shape == (3, 24, 12) and float(dataset[0]["image"].min()) < 0
 
 
 def test_evaluation_batches_feed_the_re_id_protocol_of_the_retrieval_metric(market_root):
