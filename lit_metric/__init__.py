@@ -1,6 +1,6 @@
 """lit_metric: deep metric learning as a first-class citizen of PyTorch Lightning."""
 
-from lit_metric.callbacks import EmbeddingWriter, PairMiner, RetrievalPictures
+from lit_metric.callbacks import BackboneFreeze, EmbeddingWriter, PairMiner, RetrievalPictures
 from lit_metric.io import load_embeddings, save_embeddings
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
@@ -10,6 +10,7 @@ from lit_metric.search import EmbeddingIndex, nearest
 
 __all__ = [
     "BackboneEmbedder",
+    "BackboneFreeze",
     "BinomialDevianceLoss",
     "ConvEmbedder",
     "EmbeddingIndex",

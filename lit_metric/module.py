@@ -6,7 +6,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau, SequentialLR
 
 from lit_metric.callbacks.pair_miner import PairMiner
 from lit_metric.distributed import gather_rows, gather_rows_with_grad, gather_sizes, rank, world_size
@@ -16,6 +18,10 @@ from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
 
 __all__ = ["MetricLearningModule"]
+
+# The constructor arguments that set a torch schedule's length, in scheduler steps: CosineAnnealingLR's, and
+# LinearLR's, PolynomialLR's and ConstantLR's.
+SCHEDULE_LENGTHS = ("T_max", "total_iters")
 
 
 class MetricLearningModule(L.LightningModule):
@@ -36,6 +42,19 @@ class MetricLearningModule(L.LightningModule):
         scheduler_monitor: the logged metric that a ``ReduceLROnPlateau`` scheduler watches.
         flip_test: outside training, embed each image as the sum of the unit embeddings of the image and of its
             left-right mirror image, the "flip test" of re-ID; validation, test, predict and search then see it.
+        backbone_lr_multiplier: the learning rate of the :attr:`backbone`'s parameters relative to the others',
+            e.g. 0.1 for a pretrained backbone under a new head.
+        decay_norms_and_biases: ``False`` puts one-dimensional parameters (biases, the scales and shifts of norm
+            layers, GeM's ``p``) in parameter groups without weight decay.
+        warmup_epochs: epochs of linear warm-up, from ``warmup_start_factor`` times each learning rate to the full
+            one. The ``scheduler`` then takes over for the ``max_epochs - warmup_epochs`` epochs left: its length
+            (``T_max``, or ``total_iters``), whatever the config says, is set to them.
+        warmup_start_factor: the first warm-up epoch's share of the learning rate, in ``(0, 1]``.
+
+    The optimizer sees ``self.parameters()`` as before unless ``backbone_lr_multiplier`` or
+    ``decay_norms_and_biases`` asks for parameter groups (:meth:`parameter_groups`). Schedulers step every epoch.
+    Freezing the backbone for the first epochs is the job of the :class:`~lit_metric.callbacks.BackboneFreeze`
+    callback.
     """
 
     def __init__(
@@ -47,8 +66,18 @@ class MetricLearningModule(L.LightningModule):
         metrics: RetrievalMetrics | None = None,
         scheduler_monitor: str = "val/map@r",
         flip_test: bool = False,
+        backbone_lr_multiplier: float = 1.0,
+        decay_norms_and_biases: bool = True,
+        warmup_epochs: int = 0,
+        warmup_start_factor: float = 0.1,
     ) -> None:
         super().__init__()
+        if backbone_lr_multiplier < 0:
+            raise ValueError(f"`backbone_lr_multiplier` must be >= 0, got {backbone_lr_multiplier}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"`warmup_epochs` must be a non-negative integer, got {warmup_epochs!r}")
+        if not 0 < warmup_start_factor <= 1:
+            raise ValueError(f"`warmup_start_factor` must be in (0, 1], got {warmup_start_factor}")
         self.save_hyperparameters()
         self.embedding_net = embedding_net
         self.criterion = criterion if criterion is not None else BinomialDevianceLoss()
@@ -56,6 +85,10 @@ class MetricLearningModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
         self.flip_test = flip_test
+        self.backbone_lr_multiplier = backbone_lr_multiplier
+        self.decay_norms_and_biases = decay_norms_and_biases
+        self.warmup_epochs = warmup_epochs
+        self.warmup_start_factor = warmup_start_factor
         metrics = metrics if metrics is not None else RetrievalMetrics()
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
@@ -73,6 +106,14 @@ class MetricLearningModule(L.LightningModule):
         under ``"preprocessing"``, so that search by example prepares new images the same way.
         """
         return getattr(self.embedding_net, "preprocessing", None)
+
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The pretrained part of the network, which the fine-tuning controls address: the embedding net's
+        ``backbone`` attribute (:class:`~lit_metric.networks.BackboneEmbedder` has one), or ``None``. A subclass
+        overrides it to name another part."""
+        backbone = getattr(self.embedding_net, "backbone", None)
+        return backbone if isinstance(backbone, nn.Module) else None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.preprocessing is not None:
@@ -174,18 +215,68 @@ class MetricLearningModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
 
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: one per learning-rate scale (``backbone_lr_multiplier`` for the
+        :attr:`backbone`'s parameters, 1 for the others) and, with ``decay_norms_and_biases=False``, per weight
+        decay (0 for one-dimensional parameters). Each dict has ``"params"``, ``"lr_scale"`` and, for groups
+        without decay, ``"weight_decay": 0.0``; the optimizer's own settings fill the rest."""
+        backbone = self.backbone
+        if backbone is None and self.backbone_lr_multiplier != 1:
+            raise ValueError(
+                f"`backbone_lr_multiplier` {self.backbone_lr_multiplier} needs a backbone: the embedding net "
+                f"({type(self.embedding_net).__name__}) has no `backbone` module"
+            )
+        in_backbone = {id(param) for param in backbone.parameters()} if backbone is not None else set()
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for param in self.parameters():
+            scale = self.backbone_lr_multiplier if id(param) in in_backbone else 1.0
+            groups.setdefault((scale, not self.decay_norms_and_biases and param.ndim <= 1), []).append(param)
+        return [
+            {"params": params, "lr_scale": scale, **({"weight_decay": 0.0} if no_decay else {})}
+            for (scale, no_decay), params in groups.items()
+        ]
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
+        if self.backbone_lr_multiplier == 1 and self.decay_norms_and_biases:
+            optimizer = self.optimizer_factory(self.parameters())
+        else:
+            optimizer = self.optimizer_factory(self.parameter_groups())
+            for group in optimizer.param_groups:
+                group["lr"] *= group["lr_scale"]
+        scheduler = self._scheduler(optimizer)
+        if scheduler is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
         config = {"scheduler": scheduler}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if isinstance(scheduler, ReduceLROnPlateau):
             # Stepped after the epochs that validate only: the monitored metric exists then, and a misspelt monitor
             # still fails loudly.
             every = self.trainer.check_val_every_n_epoch if self._trainer is not None else None
             config.update(monitor=self.scheduler_monitor, frequency=every or 1)
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer):
+        """The configured scheduler, after ``warmup_epochs`` of linear warm-up when there are any."""
+        scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+        if not self.warmup_epochs:
+            return scheduler
+        if isinstance(scheduler, ReduceLROnPlateau):
+            raise ValueError(
+                "`warmup_epochs` cannot precede a ReduceLROnPlateau scheduler, which follows a metric rather than "
+                "the epochs; set `warmup_epochs: 0` or choose an epoch schedule"
+            )
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or not self.warmup_epochs < max_epochs:
+            raise ValueError(f"`warmup_epochs` ({self.warmup_epochs}) must be fewer than max_epochs ({max_epochs})")
+        warmup = LinearLR(optimizer, self.warmup_start_factor, total_iters=self.warmup_epochs)
+        if scheduler is None:
+            return warmup
+        remaining = max_epochs - self.warmup_epochs
+        for length in SCHEDULE_LENGTHS:
+            if hasattr(scheduler, length):
+                # Set after construction: the first step, at epoch 0, does not depend on the length.
+                setattr(scheduler, length, remaining)
+                rank_zero_info(f"{type(scheduler).__name__} runs after the warm-up: {length}={remaining} epochs")
+        return SequentialLR(optimizer, [warmup, scheduler], milestones=[self.warmup_epochs])
 
     def _update_metrics(self, metrics: RetrievalMetrics, batch: dict[str, Tensor]) -> Tensor:
         embeddings = self.embed(batch["image"])

@@ -1,5 +1,7 @@
 """Specification of MetricLearningModule: the steps of training, evaluation and prediction, and subclassing."""
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -236,3 +238,106 @@ def test_a_network_without_preprocessing_records_none():
     checkpoint = {}
     tiny_module().on_save_checkpoint(checkpoint)
     assert "preprocessing" not in checkpoint
+
+
+# Fine-tuning controls: parameter groups, weight decay, warm-up.
+
+
+class LearningRates(L.Callback):
+    """The learning rate of every parameter group at the start of every training epoch."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+def backbone_module(**kwargs):
+    torch.manual_seed(0)
+    return MetricLearningModule(BackboneEmbedder("test_resnet", embedding_dim=8, image_size=(16, 16)), **kwargs)
+
+
+def test_the_backbone_learns_at_its_multiple_of_the_rate_and_norms_and_biases_without_decay():
+    module = backbone_module(
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05),
+        backbone_lr_multiplier=0.1,
+        decay_norms_and_biases=False,
+    )
+    module.trainer = tiny_trainer()
+    groups = module.configure_optimizers().param_groups
+    setting = {id(p): (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
+    assert len(setting) == len(list(module.parameters()))
+    backbone = {id(p) for p in module.backbone.parameters()}
+    for name, param in module.named_parameters():
+        lr, decay = setting[id(param)]
+        assert lr == pytest.approx(1e-4 if id(param) in backbone else 1e-3), name
+        assert decay == (0.0 if param.ndim <= 1 else 0.05), name  # biases, norm scales and shifts
+
+
+def test_without_fine_tuning_settings_the_optimizer_gets_the_parameters_as_before():
+    module = backbone_module(optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+    module.trainer = tiny_trainer()
+    (group,) = module.configure_optimizers().param_groups
+    assert group["lr"] == 0.5 and len(group["params"]) == len(list(module.parameters()))
+
+
+def test_a_backbone_multiplier_without_a_backbone_is_named():
+    module = tiny_module(backbone_lr_multiplier=0.1)
+    with pytest.raises(ValueError, match=r"`backbone_lr_multiplier` 0.1 needs a backbone: the embedding net \(ConvEmbedder\)"):
+        module.configure_optimizers()
+
+
+def fit_epochs(module, max_epochs):
+    rates = LearningRates()
+    tiny_trainer(max_epochs=max_epochs, callbacks=[rates]).fit(module, loader(rgb_batch()))
+    return rates.epochs
+
+
+def test_warm_up_comes_first_then_the_schedule_over_the_epochs_left():
+    cosine = lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)  # noqa: E731
+    module = backbone_module(
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        scheduler=cosine,
+        backbone_lr_multiplier=0.1,
+        warmup_epochs=2,
+        warmup_start_factor=0.1,
+    )
+    head_rates = [rates[1] for rates in fit_epochs(module, max_epochs=6)]
+    # Linear from 0.1 to 1 over 2 epochs, then cosine over the 6 - 2 = 4 epochs left, whatever T_max said.
+    expected = [0.1, 0.55, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 - math.cos(math.pi / 4))]
+    assert head_rates == pytest.approx(expected)
+    backbone_rates = [rates[0] for rates in module.trainer.callbacks[0].epochs]
+    assert backbone_rates == pytest.approx([0.1 * rate for rate in expected])
+
+
+def test_warm_up_without_a_scheduler_keeps_the_full_rate_afterwards():
+    module = backbone_module(optimizer=lambda params: torch.optim.SGD(params, lr=1.0), warmup_epochs=2)
+    assert [rates[0] for rates in fit_epochs(module, max_epochs=4)] == pytest.approx([0.1, 0.55, 1.0, 1.0])
+
+
+def test_warm_up_cannot_precede_a_plateau_scheduler():
+    module = tiny_module(scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau, warmup_epochs=1)
+    module.trainer = tiny_trainer()
+    with pytest.raises(ValueError, match="`warmup_epochs` cannot precede a ReduceLROnPlateau scheduler"):
+        module.configure_optimizers()
+
+
+def test_warm_up_must_end_before_training_does():
+    module = tiny_module(warmup_epochs=3)
+    module.trainer = tiny_trainer(max_epochs=3)
+    with pytest.raises(ValueError, match=r"`warmup_epochs` \(3\) must be fewer than max_epochs \(3\)"):
+        module.configure_optimizers()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"backbone_lr_multiplier": -1.0}, "`backbone_lr_multiplier` must be >= 0, got -1.0"),
+        ({"warmup_epochs": 1.5}, "`warmup_epochs` must be a non-negative integer, got 1.5"),
+        ({"warmup_start_factor": 0.0}, r"`warmup_start_factor` must be in \(0, 1\], got 0.0"),
+    ],
+)
+def test_bad_fine_tuning_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_module(**kwargs)
