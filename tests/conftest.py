@@ -97,3 +97,65 @@ def test_resnet_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "test_resnet.pt"
     torch.save(timm.create_model("test_resnet").state_dict(), path)
     return path
+
+
+def write_cub200(root: Path, per_class: int = 2) -> Path:
+    """CUB-200-2011 layout: ``images/NNN.Bird_N/`` folders of 8x8 jpgs, ``images.txt`` and
+    ``image_class_labels.txt``."""
+    index, labels = [], []
+    for label in range(1, 201):
+        for shot in range(per_class):
+            path = f"{label:03d}.Bird_{label}/Bird_{label}_{shot}.jpg"
+            write_image(root / "images" / path, (8, 8), "RGB", seed=label)
+            index.append(f"{len(index) + 1} {path}")
+            labels.append(f"{len(labels) + 1} {label}")
+    (root / "images.txt").write_text("\n".join(index) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    return root
+
+
+def write_cars196(root: Path, per_class: int = 2) -> Path:
+    """Cars196 layout: ``car_ims/NNNNNN.jpg`` 8x8 jpgs and their ``cars_annos.mat`` annotations."""
+    import scipy.io
+
+    fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
+    rows = []
+    for label in range(1, 197):
+        for shot in range(per_class):
+            path = f"car_ims/{len(rows) + 1:06d}.jpg"
+            write_image(root / path, (8, 8), "RGB", seed=label)
+            rows.append((path, 0, 0, 7, 7, label, shot % 2))
+    annotations = np.array(rows, dtype=[(field, object) for field in fields]).reshape(1, -1)
+    scipy.io.savemat(root / "cars_annos.mat", {"annotations": annotations})
+    return root
+
+
+def write_sop(root: Path, classes: int = 12, per_class: int = 2) -> Path:
+    """Stanford Online Products layout: ``Ebay_train.txt`` with classes 1..classes/2, ``Ebay_test.txt`` with the
+    others, and their 8x8 jpgs under ``bicycle_final/``."""
+    rows = {"train": [], "test": []}
+    image = 0
+    for label in range(1, classes + 1):
+        for shot in range(per_class):
+            image += 1
+            path = f"bicycle_final/{label}_{shot}.JPG"
+            write_image(root / path, (8, 8), "RGB", seed=label)
+            rows["train" if label <= classes // 2 else "test"].append(f"{image} {label} 1 {path}")
+    for part, lines in rows.items():
+        (root / f"Ebay_{part}.txt").write_text("\n".join(["image_id class_id super_class_id path", *lines]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cub_root(tmp_path_factory) -> Path:
+    return write_cub200(tmp_path_factory.mktemp("CUB_200_2011"))
+
+
+@pytest.fixture(scope="session")
+def cars_root(tmp_path_factory) -> Path:
+    return write_cars196(tmp_path_factory.mktemp("cars196"))
+
+
+@pytest.fixture(scope="session")
+def sop_root(tmp_path_factory) -> Path:
+    return write_sop(tmp_path_factory.mktemp("Stanford_Online_Products"))

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import wandb
 import yaml
 from torchvision.transforms import v2
@@ -68,7 +69,7 @@ def assert_augmented_at_the_image_size(cli):
     """The config's torchvision augmentation is built, and gives training images back at ``image_size``."""
     datamodule = cli.datamodule
     assert isinstance(datamodule.augmentation, v2.Transform)
-    assert datamodule.train_set[0]["image"].shape[1:] == tuple(datamodule.hparams.image_size)
+    assert datamodule.train_set[0]["image"].shape[1:] == tuple(datamodule.preprocessing["image_size"])
 
 
 def test_digits_config_runs(tmp_path):
@@ -108,11 +109,47 @@ def test_viper_config_runs_on_cam_a_cam_b_folders(viper_root, tmp_path):
     assert len(cli.datamodule.split["test_ids"]) == 36
 
 
-def test_market1501_config_runs_on_market_names(market_root, tmp_path):
-    # Two workers, one per core of the test machine, instead of the config's four.
+def tiny_backbone(weights: Path, image_size: tuple[int, int]) -> list[str]:
+    """Options that swap a recipe's pretrained ResNet-50 for timm's test_resnet, read from a saved weights file."""
+    network = "--model.init_args.embedding_net.init_args"
+    return [
+        f"{network}.name=test_resnet",
+        f"{network}.pretrained=false",
+        f"{network}.weights={weights}",
+        f"{network}.image_size=[{image_size[0]}, {image_size[1]}]",
+    ]
+
+
+def test_market1501_config_runs_on_market_names(market_root, test_resnet_weights, tmp_path):
+    # Two workers, one per core of the test machine, instead of the config's four; no warm-up in one epoch.
     workers = "--data.init_args.num_workers=2"
-    cli = fit_briefly("market1501.yaml", tmp_path, f"--data.init_args.root={market_root}", workers)
+    backbone = tiny_backbone(test_resnet_weights, (32, 16))
+    cli = fit_briefly("market1501.yaml", tmp_path, f"--data.init_args.root={market_root}", workers, *backbone,
+                      "--model.init_args.warmup_epochs=0")
     assert_metrics_and_checkpoint(cli, tmp_path)
     assert_augmented_at_the_image_size(cli)
     assert float(cli.trainer.callback_metrics["val/num_queries"]) == 3
     assert "val/map" in cli.trainer.callback_metrics
+    assert cli.datamodule.eval_set[0]["image"].shape == (3, 32, 16)
+
+
+@pytest.mark.parametrize(
+    ("config", "root"), [("cub200.yaml", "cub_root"), ("cars196.yaml", "cars_root"), ("sop.yaml", "sop_root")]
+)
+def test_benchmark_recipes_fine_tune_a_timm_backbone_from_a_weights_file(
+    config, root, request, test_resnet_weights, tmp_path
+):
+    small = ["--data.init_args.classes_per_batch=4", "--data.init_args.samples_per_class=2",
+             "--data.init_args.num_workers=0", "--data.init_args.eval_batch_size=512",
+             "--model.init_args.metrics.init_args.k=[1, 2]"]  # the tiny galleries hold fewer than SOP's 100
+    # Two epochs: the first with the backbone frozen and warming up, the second with the schedule.
+    epochs = ["--trainer.max_epochs=2", "--model.init_args.warmup_epochs=1"]
+    cli = fit_briefly(config, tmp_path, f"--data.init_args.root={request.getfixturevalue(root)}",
+                      *tiny_backbone(test_resnet_weights, (32, 32)), *small, *epochs)
+    metrics = cli.trainer.callback_metrics
+    assert 0 <= float(metrics["val/map@r"]) <= 1 and "train/loss" in metrics
+    assert_augmented_at_the_image_size(cli)
+    assert cli.trainer.lr_scheduler_configs[0].scheduler._schedulers[1].T_max == 1  # max_epochs - warmup_epochs
+    checkpoint = torch.load(tmp_path / cli.trainer.checkpoint_callback.best_model_path, weights_only=False)
+    assert checkpoint["preprocessing"] == cli.datamodule.preprocessing
+    assert checkpoint["preprocessing"]["image_size"] == [32, 32]
