@@ -45,3 +45,10 @@ def test_gpu_retrieval_benchmark_runs_small_on_the_cpu():
     ]
     # Leave-one-out scores do not depend on the tiling.
     assert rows[0][6:] == rows[1][6:]
+
+
+def test_backbone_step_benchmark_prints_the_embedder_against_the_classifier():
+    out = run("backbone_step.py", "--model", "test_resnet", "--batch", "8", "--size", "32", "--repeats", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [row[0].strip() for row in rows] == ["lit_metric", "lit_metric, channels_last", "timm classifier"]
+    assert float(rows[2][2]) == 1.0
