@@ -20,5 +20,5 @@ def test_python_examples_run(page, source, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
 def test_every_config_a_page_names_exists(page):
-    for config in set(re.findall(r"configs/[\w.]+\.yaml", page.read_text())):
+    for config in set(re.findall(r"(?:benchmarks/)?configs/[\w.]+\.yaml", page.read_text())):
         assert (ROOT / config).is_file(), config

@@ -13,7 +13,7 @@ from lit_metric.data import DigitsDataModule
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
-PROGRAMS = {"make", "lit-metric", "python", "wandb", "torchrun", "srun"}
+PROGRAMS = {"make", "lit-metric", "lit-metric-protocol", "python", "wandb", "torchrun", "srun"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_python_examples_run(source, user_files, monkeypatch):
 
 
 def test_every_config_the_readme_names_exists():
-    for config in set(re.findall(r"configs/[\w.]+\.yaml", README)):
+    for config in set(re.findall(r"(?:benchmarks/)?configs/[\w.]+\.yaml", README)):
         assert (ROOT / config).is_file(), config
 
 
