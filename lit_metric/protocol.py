@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--splits", type=int, default=10, help="number of splits, from --first-split on (10)")
     parser.add_argument("--first-split", type=int, default=0, help="the first split index (0)")
-    parser.add_argument("--output", type=Path, help="also write the results to this .json or .csv file")
+    parser.add_argument(
+        "--output", type=Path, help="also write the results to this .json or .csv file, after every split"
+    )
     args, fit_args = parser.parse_known_args(argv)
     if fit_args[:1] == ["--"]:
         fit_args = fit_args[1:]
@@ -116,10 +118,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--output must end in .json or .csv, got {str(args.output)!r}")
     if any(arg.startswith("--data.init_args.split_index") for arg in fit_args):
         parser.error("--data.init_args.split_index is set by the runner; use --splits and --first-split")
-    rows = run_protocol(fit_args, range(args.first_split, args.first_split + args.splits))
+    rows = []
+    for split in range(args.first_split, args.first_split + args.splits):
+        rows += run_protocol(fit_args, [split])
+        if args.output is not None:
+            # After every split, so that an interrupted run keeps the splits it finished.
+            write_results(rows, args.output)
     print(format_table(rows))
-    if args.output is not None:
-        write_results(rows, args.output)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,20 @@ def test_a_csv_holds_one_row_per_split(two_splits):
     assert float(row["split"]) == 1 and 0 <= float(row["cmc@1"]) <= 1
 
 
+def test_an_interrupted_run_keeps_the_splits_it_finished(tmp_path, monkeypatch):
+    def one_split(fit_args, splits):
+        (split,) = splits
+        if split == 1:
+            raise KeyboardInterrupt
+        return [{"split": float(split), "seconds": 1.0, "cmc@1": 0.5}]
+
+    monkeypatch.setattr(protocol, "run_protocol", one_split)
+    output = tmp_path / "results.json"
+    with pytest.raises(KeyboardInterrupt):
+        protocol.main(["--splits", "3", "--output", str(output), "--", "--config", VIPER])
+    assert [row["split"] for row in json.loads(output.read_text())["splits"]] == [0]
+
+
 def test_the_table_shows_splits_and_mean_in_percent():
     rows = [{"split": 0.0, "cmc@1": 0.25, "seconds": 10.0}, {"split": 1.0, "cmc@1": 0.35, "seconds": 12.0}]
     table = protocol.format_table(rows)
