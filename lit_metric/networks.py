@@ -12,6 +12,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from lit_metric.functional._checks import check_positive_int
+
 __all__ = ["BackboneEmbedder", "ConvEmbedder", "GeM", "PartEmbedder", "load_state_dict_file", "part_rows"]
 
 
@@ -70,8 +72,7 @@ def part_rows(height: int, parts: int, part_height: int) -> list[int]:
     Raises:
         ValueError: naming the argument when a band is higher than the image, or the bands leave rows uncovered.
     """
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-        raise ValueError(f"`parts` must be a positive integer, got {parts!r}")
+    check_positive_int("parts", parts)
     if not 1 <= part_height <= height:
         raise ValueError(f"`part_height` must be in [1, {height}] for images {height} rows high, got {part_height}")
     if parts * part_height < height:
