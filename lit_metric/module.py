@@ -1,6 +1,8 @@
-"""The LightningModule that trains an embedding network with a pair-based criterion and evaluates retrieval."""
+"""The LightningModule that trains an embedding network with a pair criterion or a plain loss, and evaluates it."""
 
 from __future__ import annotations
+
+import inspect
 
 import lightning as L
 import torch
@@ -25,7 +27,7 @@ SCHEDULE_LENGTHS = ("T_max", "total_iters")
 
 
 class MetricLearningModule(L.LightningModule):
-    """Trains ``embedding_net`` with ``criterion`` on mined pairs and logs retrieval metrics.
+    """Trains ``embedding_net`` with ``criterion`` on the global batch and logs retrieval metrics.
 
     Batches are dicts with at least ``"image"`` and ``"label"``; evaluation batches also carry the dataset
     ``"index"`` and, for re-ID, ``"camera"``, ``"is_query"`` and ``"is_gallery"``. Each step of the work is its
@@ -34,7 +36,11 @@ class MetricLearningModule(L.LightningModule):
 
     Args:
         embedding_net: maps a batch of images to ``(B, D)`` embeddings.
-        criterion: loss with ``from_pairs(similarity, pairs)``; defaults to ``BinomialDevianceLoss()``.
+        criterion: a pair criterion, with ``from_pairs(similarity, pairs)`` (``BinomialDevianceLoss()``, the
+            default), which takes the pairs of the :class:`~lit_metric.PairMiner`; or a plain loss module called as
+            ``criterion(embeddings, labels)``, such as ``pytorch_metric_learning.losses.TripletMarginLoss()``, which
+            mines or weights pairs itself: the :class:`~lit_metric.PairMiner` then goes unused. Either sees the
+            global batch under DDP (:meth:`training_step`).
         optimizer: builds the optimizer from the parameters (LightningCLI's ``OptimizerCallable``).
         scheduler: builds an LR scheduler from the optimizer, or ``None``.
         metrics: retrieval metric for validation and test (each gets its own copy); defaults to
@@ -47,12 +53,16 @@ class MetricLearningModule(L.LightningModule):
         decay_norms_and_biases: ``False`` puts one-dimensional parameters (biases, the scales and shifts of norm
             layers, GeM's ``p``) in parameter groups without weight decay.
         warmup_epochs: epochs of linear warm-up, from ``warmup_start_factor`` times each learning rate to the full
-            one. The ``scheduler`` then takes over for the ``max_epochs - warmup_epochs`` epochs left: its length
-            (``T_max``, or ``total_iters``), whatever the config says, is set to them.
+            one. The ``scheduler`` then takes over for the ``max_epochs - warmup_epochs`` epochs left.
         warmup_start_factor: the first warm-up epoch's share of the learning rate, in ``(0, 1]``.
 
     The optimizer sees ``self.parameters()`` as before unless ``backbone_lr_multiplier`` or
-    ``decay_norms_and_biases`` asks for parameter groups (:meth:`parameter_groups`). Schedulers step every epoch.
+    ``decay_norms_and_biases`` asks for parameter groups (:meth:`parameter_groups`). Schedulers step every epoch,
+    and a schedule's length (``T_max`` of ``CosineAnnealingLR``, ``total_iters`` of ``LinearLR``, ``PolynomialLR`` and
+    ``ConstantLR``) follows the trainer's ``max_epochs``: whatever the config says, it is set to the
+    ``max_epochs - warmup_epochs`` epochs after the warm-up, so that a shorter or longer run still ends its schedule
+    on its last epoch. The last epoch is always validated, also when ``check_val_every_n_epoch`` skips it
+    (:meth:`on_train_epoch_start`).
     Freezing the backbone for the first epochs is the job of the :class:`~lit_metric.callbacks.BackboneFreeze`
     callback.
     """
@@ -78,6 +88,8 @@ class MetricLearningModule(L.LightningModule):
             raise ValueError(f"`warmup_epochs` must be a non-negative integer, got {warmup_epochs!r}")
         if not 0 < warmup_start_factor <= 1:
             raise ValueError(f"`warmup_start_factor` must be in (0, 1], got {warmup_start_factor}")
+        if criterion is not None:
+            _takes_pairs(criterion)  # refuses a criterion that is neither kind, by name
         self.save_hyperparameters()
         self.embedding_net = embedding_net
         self.criterion = criterion if criterion is not None else BinomialDevianceLoss()
@@ -177,12 +189,32 @@ class MetricLearningModule(L.LightningModule):
         """The miner's :class:`~lit_metric.functional.Pairs` (``M`` and ``W``) for a detached ``(B, R)`` similarity."""
         return self.miner.mine(similarity, labels, reference_labels, anchor_index)
 
+    def on_fit_start(self) -> None:
+        if not _takes_pairs(self.criterion) and any(isinstance(c, PairMiner) for c in self.trainer.callbacks):
+            rank_zero_info(
+                f"The criterion {type(self.criterion).__name__} is a plain loss(embeddings, labels): the PairMiner's "
+                "pairs and settings are not used"
+            )
+
+    def on_train_epoch_start(self) -> None:
+        """Makes the trainer validate the last epoch (of ``max_epochs``) even when ``check_val_every_n_epoch`` skips
+        it, so that every fit ends with metrics and a checkpoint that ``ModelCheckpoint`` chose by them."""
+        trainer = self.trainer
+        every, last = trainer.check_val_every_n_epoch, trainer.max_epochs
+        if every is not None and every > 1 and last is not None and trainer.current_epoch + 1 == last:
+            # Lightning reads the setting at the end of each epoch and has no switch for the last one.
+            trainer.check_val_every_n_epoch = 1
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """This process's share of the global-batch loss, scaled by the world size for DDP.
 
         The shares of all processes sum to the loss of one process that sees the whole global batch; DDP averages
         gradients over processes, so the factor ``world_size`` makes the applied gradient that of the sum. The
         logged ``train/loss`` is the global loss.
+
+        A pair criterion compares this process's anchors with the global batch, so each process computes its own
+        share. A plain loss, ``criterion(embeddings, labels)``, needs the whole batch at once: every process
+        computes it on the gathered global batch, and its share is that loss over the world size.
         """
         labels, images = batch["label"], batch["image"]
         if labels.shape != (len(images),):
@@ -191,13 +223,15 @@ class MetricLearningModule(L.LightningModule):
             )
         embeddings = self.embed(images)
         reference, reference_labels, anchor_index = self.gather_reference(embeddings, labels)
-        similarity = self.similarity(embeddings, reference)
-        pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
-        loss = self.criterion.from_pairs(similarity, pairs)
-        self.log(
-            "train/loss", loss.detach(), prog_bar=True, sync_dist=True, reduce_fx="sum", batch_size=len(reference_labels)
-        )
-        return loss * world_size()
+        if _takes_pairs(self.criterion):
+            similarity = self.similarity(embeddings, reference)
+            pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
+            share = self.criterion.from_pairs(similarity, pairs)
+        else:
+            share = self.criterion(reference, reference_labels) / world_size()
+        batch_size = len(reference_labels)
+        self.log("train/loss", share.detach(), prog_bar=True, sync_dist=True, reduce_fx="sum", batch_size=batch_size)
+        return share * world_size()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Feeds the validation metric; returns the ``(B, D)`` embeddings for callbacks such as the pictures."""
@@ -255,8 +289,12 @@ class MetricLearningModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def _scheduler(self, optimizer: torch.optim.Optimizer):
-        """The configured scheduler, after ``warmup_epochs`` of linear warm-up when there are any."""
+        """The configured scheduler over the epochs after the warm-up, preceded by ``warmup_epochs`` of linear warm-up
+        when there are any."""
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        if scheduler is not None and max_epochs is not None and max_epochs > self.warmup_epochs:
+            _set_length(scheduler, max_epochs - self.warmup_epochs)
         if not self.warmup_epochs:
             return scheduler
         if isinstance(scheduler, ReduceLROnPlateau):
@@ -264,18 +302,11 @@ class MetricLearningModule(L.LightningModule):
                 "`warmup_epochs` cannot precede a ReduceLROnPlateau scheduler, which follows a metric rather than "
                 "the epochs; set `warmup_epochs: 0` or choose an epoch schedule"
             )
-        max_epochs = self.trainer.max_epochs
         if max_epochs is None or not self.warmup_epochs < max_epochs:
             raise ValueError(f"`warmup_epochs` ({self.warmup_epochs}) must be fewer than max_epochs ({max_epochs})")
         warmup = LinearLR(optimizer, self.warmup_start_factor, total_iters=self.warmup_epochs)
         if scheduler is None:
             return warmup
-        remaining = max_epochs - self.warmup_epochs
-        for length in SCHEDULE_LENGTHS:
-            if hasattr(scheduler, length):
-                # Set after construction: the first step, at epoch 0, does not depend on the length.
-                setattr(scheduler, length, remaining)
-                rank_zero_info(f"{type(scheduler).__name__} runs after the warm-up: {length}={remaining} epochs")
         return SequentialLR(optimizer, [warmup, scheduler], milestones=[self.warmup_epochs])
 
     def _update_metrics(self, metrics: RetrievalMetrics, batch: dict[str, Tensor]) -> Tensor:
@@ -300,3 +331,36 @@ class MetricLearningModule(L.LightningModule):
         # Every process holds the same synced values; sync_dist only tells Lightning so.
         self.log_dict({f"{stage}/{name}": value.float() for name, value in values.items()}, sync_dist=True)
 
+
+def _set_length(scheduler: object, epochs: int) -> None:
+    """Set the schedule length of ``scheduler`` (its :data:`SCHEDULE_LENGTHS` attribute, if any) to ``epochs``."""
+    for length in SCHEDULE_LENGTHS:
+        configured = getattr(scheduler, length, None)
+        if configured is not None and configured != epochs:
+            # Set after construction: the first step, at epoch 0, does not depend on the length.
+            setattr(scheduler, length, epochs)
+            rank_zero_info(f"{type(scheduler).__name__} follows max_epochs: {length}={epochs} epochs, not {configured}")
+
+
+def _takes_pairs(criterion: object) -> bool:
+    """Whether ``criterion`` is a pair criterion (``from_pairs``) rather than a plain ``loss(embeddings, labels)``
+    module; a ValueError naming ``criterion`` when it is neither."""
+    if callable(getattr(criterion, "from_pairs", None)):
+        return True
+    if isinstance(criterion, nn.Module) and _called_with_embeddings_and_labels(criterion):
+        return False
+    raise ValueError(
+        "`criterion` must be a pair criterion with from_pairs(similarity, pairs), such as "
+        "lit_metric.BinomialDevianceLoss, or a loss module called as criterion(embeddings, labels), such as "
+        f"pytorch_metric_learning.losses.TripletMarginLoss; got {type(criterion).__name__}"
+    )
+
+
+def _called_with_embeddings_and_labels(module: nn.Module) -> bool:
+    if type(module).forward is nn.Module.forward:  # no forward of its own: calling it raises NotImplementedError
+        return False
+    try:
+        inspect.signature(module.forward).bind("embeddings", "labels")
+    except TypeError:
+        return False
+    return True

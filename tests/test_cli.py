@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from pytorch_metric_learning.losses import TripletMarginLoss
 
 from lit_metric import PairMiner
 from lit_metric.cli import LitMetricCLI, run, wandb_offline_unless_logged_in
@@ -99,6 +100,22 @@ def test_a_miner_setting_on_the_command_line_reaches_the_miner_that_mines(tmp_pa
     assert cli.model.miner is miner
     assert miner.settings == {**PairMiner().settings, "strategy": "hard", "margin": 0.05}
     assert miner.statistics, "the miner built the pairs of the training step"
+
+
+def test_a_pytorch_metric_learning_loss_trains_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run(["fit", "--config", CONFIG, "--model.criterion", "pytorch_metric_learning.losses.TripletMarginLoss",
+               "--model.criterion.margin=0.1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+               "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    assert type(cli.model.criterion) is TripletMarginLoss and cli.model.criterion.margin == 0.1
+    assert float(cli.trainer.callback_metrics["train/loss"]) > 0 and "val/map@r" in cli.trainer.callback_metrics
+
+
+def test_a_criterion_that_is_not_a_loss_is_refused_naming_criterion(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="`criterion` must be a pair criterion"):
+        run(["fit", "--config", CONFIG, "--model.criterion", "torch.nn.Identity", "--trainer.fast_dev_run=true",
+             "--trainer.logger=false"])
 
 
 def test_a_second_miner_in_the_trainer_callbacks_is_refused_when_the_command_line_is_parsed(monkeypatch, capsys):

@@ -95,6 +95,19 @@ def test_att_faces_config_runs_on_orl_folders_given_by_the_environment(orl_faces
     assert export["embeddings"].shape[0] == len(dataset)
 
 
+def test_a_run_shorter_than_the_att_faces_validation_interval_ends_with_metrics_and_a_best_checkpoint(
+    orl_faces, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    cli = run(["fit", "--config", str(CONFIGS / "att_faces.yaml"), f"--data.init_args.root={orl_faces}",
+               "--trainer.max_epochs=2", "--trainer.limit_train_batches=1", "--trainer.logger=false",
+               "--trainer.enable_progress_bar=false"])
+    assert 0 <= float(cli.trainer.callback_metrics["val/map@r"]) <= 1
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).name == "best-epoch001.ckpt"
+    # The cosine schedule runs over the 2 epochs of the run, not the config's T_max of 200.
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.T_max == 2
+
+
 def test_att_faces_config_without_a_root_names_the_option_and_the_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("LIT_METRIC_ATT_FACES", raising=False)
     with pytest.raises(ValueError, match=r"root PATH\) or set the environment variable LIT_METRIC_ATT_FACES"):

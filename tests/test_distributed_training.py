@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from pytorch_metric_learning.losses import ContrastiveLoss, MultiSimilarityLoss, TripletMarginLoss
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
@@ -95,6 +96,37 @@ def test_one_step_gives_the_single_process_loss_and_gradients_for_every_setting(
         for rank in range(2):
             for name, grad in per_rank[rank][index][1].items():
                 torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"{name}, {settings}")
+
+
+# Losses of pytorch-metric-learning, called as loss(embeddings, labels): every process computes one on the global batch.
+PLAIN_LOSSES = [TripletMarginLoss, ContrastiveLoss, MultiSimilarityLoss]
+
+
+def one_step_per_plain_loss(rank: int, world_size: int) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    shard = {name: value[SHARDS[rank]] for name, value in global_batch().items()}
+    results = []
+    for loss in PLAIN_LOSSES:
+        module = MetricLearningModule(embedding_net(), criterion=loss())
+        model = DistributedDataParallel(StepAsForward(module))
+        share = model(shard)
+        share.backward()
+        results.append((share.detach() / world_size, gradients(module)))
+    return results
+
+
+def test_a_plain_loss_sees_the_global_batch_and_gives_the_single_process_loss_and_gradients(tmp_path):
+    per_rank = run_processes(one_step_per_plain_loss, tmp_path)
+    for index, loss in enumerate(PLAIN_LOSSES):
+        module = MetricLearningModule(embedding_net(), criterion=loss())
+        expected_loss = module.training_step(global_batch(), 0)
+        expected_loss.backward()
+        assert expected_loss > 0, loss.__name__
+        shares = torch.stack([per_rank[rank][index][0] for rank in range(2)])
+        torch.testing.assert_close(shares.sum(), expected_loss.detach(), msg=f"loss, {loss.__name__}")
+        expected = gradients(module)
+        for rank in range(2):
+            for name, grad in per_rank[rank][index][1].items():
+                torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"{name}, {loss.__name__}")
 
 
 def one_step_with_labels_of_rank_dtype(rank: int, world_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

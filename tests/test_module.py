@@ -6,6 +6,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from pytorch_metric_learning.losses import ContrastiveLoss, MultiSimilarityLoss, TripletMarginLoss
+from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_metric import (
@@ -89,6 +92,33 @@ def test_without_a_miner_callback_the_papers_pairs_are_used():
     w = positive / positive.sum() + negative / negative.sum()
     expected = BinomialDevianceLoss()(module.embed(batch["image"]), m, w.float())
     torch.testing.assert_close(module.training_step(batch, 0), expected)
+
+
+@pytest.mark.parametrize("loss", [TripletMarginLoss, ContrastiveLoss, MultiSimilarityLoss])
+def test_a_plain_loss_is_called_on_the_embeddings_and_labels_of_the_batch(loss):
+    module, batch = tiny_module(criterion=loss()), tiny_batch()
+    module.eval()
+    expected = loss()(module.embed(batch["image"]), batch["label"])
+    assert expected > 0, "a batch the loss has something to learn from"
+    torch.testing.assert_close(module.training_step(batch, 0), expected)
+
+
+def test_a_plain_loss_leaves_the_miner_unused_and_says_so(caplog):
+    miner, recorder = RecordingMiner(), LossRecorder()
+    with caplog.at_level("INFO"):
+        tiny_trainer(callbacks=[miner, recorder], max_steps=1).fit(tiny_module(criterion=TripletMarginLoss()),
+                                                                  loader(tiny_batch()))
+    assert not hasattr(miner, "last") and miner.statistics == {}
+    assert recorder.loss > 0
+    assert "TripletMarginLoss is a plain loss(embeddings, labels): the PairMiner's pairs and settings are not used" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize("criterion", [nn.Identity(), nn.Linear(8, 8), nn.Module(), "binomial"])
+def test_a_criterion_that_is_neither_a_pair_criterion_nor_a_loss_of_embeddings_and_labels_is_refused(criterion):
+    with pytest.raises(ValueError, match=r"`criterion` must be a pair criterion with from_pairs\(similarity, pairs\)"):
+        tiny_module(criterion=criterion)
 
 
 def test_validation_and_test_steps_return_the_embeddings_they_score():
@@ -179,6 +209,31 @@ def test_a_plateau_scheduler_steps_after_the_epochs_that_validate():
     trainer = tiny_trainer(max_epochs=4, check_val_every_n_epoch=2)
     trainer.fit(module, loader(batch), loader(batch))
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+
+
+def test_a_fit_shorter_than_the_validation_interval_validates_its_last_epoch(tmp_path):
+    batch = tiny_batch()
+    checkpoint = ModelCheckpoint(tmp_path, monitor="val/map@r", mode="max", filename="best")
+    trainer = tiny_trainer(max_epochs=3, check_val_every_n_epoch=20, callbacks=[checkpoint], enable_checkpointing=True)
+    trainer.fit(tiny_module(metrics=RetrievalMetrics(k=[1, 2])), loader(batch), loader(batch))
+    assert "val/map@r" in trainer.callback_metrics
+    assert checkpoint.best_model_path == str(tmp_path / "best.ckpt") and (tmp_path / "best.ckpt").is_file()
+    assert torch.load(tmp_path / "best.ckpt", weights_only=False)["epoch"] == 2
+
+
+class ValidatedEpochs(L.Callback):
+    def __init__(self):
+        self.epochs = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.epochs.append(trainer.current_epoch)
+
+
+def test_the_validation_interval_holds_before_the_last_epoch():
+    batch, validated = tiny_batch(), ValidatedEpochs()
+    trainer = tiny_trainer(max_epochs=5, check_val_every_n_epoch=2, num_sanity_val_steps=0, callbacks=[validated])
+    trainer.fit(tiny_module(metrics=RetrievalMetrics(k=[1, 2])), loader(batch), loader(batch))
+    assert validated.epochs == [1, 3, 4]
 
 
 def test_two_miner_callbacks_are_refused():
@@ -309,6 +364,20 @@ def test_warm_up_comes_first_then_the_schedule_over_the_epochs_left():
     assert head_rates == pytest.approx(expected)
     backbone_rates = [rates[0] for rates in module.trainer.callbacks[0].epochs]
     assert backbone_rates == pytest.approx([0.1 * rate for rate in expected])
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "expected"),
+    [
+        (lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=200), [1.0, 0.75, 0.25]),
+        (lambda optimizer: torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.25, total_iters=100), [1.0, 0.75, 0.5]),
+    ],
+)
+def test_without_warm_up_the_schedule_also_runs_over_max_epochs(scheduler, expected):
+    module = tiny_module(optimizer=lambda params: torch.optim.SGD(params, lr=1.0), scheduler=scheduler)
+    rates = LearningRates()
+    tiny_trainer(max_epochs=3, callbacks=[rates]).fit(module, loader(tiny_batch()))
+    assert [rate for (rate,) in rates.epochs] == pytest.approx(expected)
 
 
 def test_warm_up_without_a_scheduler_keeps_the_full_rate_afterwards():
