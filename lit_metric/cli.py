@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import lightning as L
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -55,6 +56,9 @@ class LogConfigCallback(SaveConfigCallback):
     """
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" and any(logger.init_args.get("resume") for logger in _wandb_loggers(self.config.trainer)):
+            # validate or test logs into the fit's run: its config is the fit's, and stays so.
+            return
         # The YAML dump turns classes, callables and paths into the plain strings of the config file.
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
@@ -83,6 +87,10 @@ class LitMetricCLI(LightningCLI):
     line (e.g. ``--miner.strategy hard``), and joins the trainer's callbacks; a second one in ``trainer.callbacks``
     is refused when the command line is parsed. After ``fit`` it prints the last validation metrics and where the
     best checkpoint is.
+
+    Each run keeps its files in one run folder (:meth:`place_the_run`): a ``ckpt_path`` in the ``checkpoints`` folder
+    of a run continues that run, its W&B run included; ``predict`` opens no logger run; and a run without a logger
+    gets a ``lightning_logs/version_N`` folder of its own instead of the working directory.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -93,11 +101,38 @@ class LitMetricCLI(LightningCLI):
         # the set-up, and they could not both build the pairs.
         callbacks = self._get(self.config, "trainer.callbacks") or []
         for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-            if _is_pair_miner(callback.class_path):
+            if _is_subclass(callback.class_path, PairMiner):
                 self.parser.error(
                     f"`trainer.callbacks` must not hold a PairMiner ({callback.class_path}), a second miner: configure "
                     "the one miner under `miner:` in a config or with `--miner.*` options, e.g. `--miner.strategy hard`"
                 )
+        self.place_the_run()
+
+    def place_the_run(self) -> None:
+        """Set the trainer's logger and folders so that a run's files stay together.
+
+        - ``ckpt_path`` in ``<save_dir>/<project>/<id>/checkpoints/``, the folder of a W&B run: the ``WandbLogger``
+          continues run ``<id>`` (``id=<id>``, ``resume="allow"``) unless its ``id`` or ``version`` is set. ``fit``
+          then resumes into the same run and checkpoint folder; ``validate`` and ``test`` log into the fit's run.
+        - ``predict`` runs without a logger: it logs nothing, so a logger would only open an empty run.
+        - Without a logger and without ``trainer.default_root_dir``, the run's folder (checkpoints, pictures, the
+          embeddings of ``predict``) is the checkpoint's run folder, or else a new ``lightning_logs/version_N``.
+        """
+        config = self.config.get(str(self.subcommand), self.config)
+        trainer = config.trainer
+        if self.subcommand == "predict":
+            trainer.logger = False
+        run = _checkpoint_run(config.get("ckpt_path"))
+        if trainer.logger is False:
+            if trainer.default_root_dir is None:
+                trainer.default_root_dir = str(run if run is not None else _next_version(Path("lightning_logs")))
+            return
+        for logger in _wandb_loggers(trainer):
+            args = logger.init_args
+            folder = Path(args.get("save_dir") or ".") / (args.get("project") or "lightning_logs")
+            if run is not None and args.get("id") is None and args.get("version") is None and _same(run.parent, folder):
+                args.id, args.resume = run.name, "allow"
+                rank_zero_info(f"Continuing W&B run {run.name} of {run}")
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -110,10 +145,35 @@ class LitMetricCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {trainer.checkpoint_callback.best_model_path}")
 
 
-def _is_pair_miner(class_path: str) -> bool:
+def _checkpoint_run(ckpt_path: str | None) -> Path | None:
+    """The run folder of a checkpoint that ModelCheckpoint saved in ``<run>/checkpoints/``, else ``None``."""
+    path = Path(ckpt_path) if ckpt_path else None
+    return path.parent.parent if path is not None and path.parent.name == "checkpoints" else None
+
+
+def _next_version(folder: Path) -> Path:
+    """``folder/version_N`` for the first ``N`` above every existing one, as Lightning's loggers number runs."""
+    numbers = [name.removeprefix("version_") for name in (path.name for path in folder.glob("version_*"))]
+    return folder / f"version_{max((int(n) for n in numbers if n.isdigit()), default=-1) + 1}"
+
+
+def _same(first: Path, second: Path) -> bool:
+    return first.resolve() == second.resolve()
+
+
+def _wandb_loggers(trainer: Namespace) -> list[Namespace]:
+    """The ``WandbLogger`` entries of a trainer config's ``logger``, which is one logger or a list of them."""
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    return [
+        logger for logger in loggers
+        if isinstance(logger, Namespace) and _is_subclass(logger.get("class_path", ""), WandbLogger)
+    ]
+
+
+def _is_subclass(class_path: str, base: type) -> bool:
     module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
-    return isinstance(cls, type) and issubclass(cls, PairMiner)
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def main() -> None:

@@ -31,14 +31,15 @@ _NO_CAMERA = -1
 class RetrievalMetrics(Metric):
     """Exact retrieval metrics by cosine similarity, leave-one-out or query/gallery with re-ID camera rules.
 
-    ``compute`` returns a dict of scalar tensors with keys usable as log names: ``recall@K`` (hit rate),
-    ``precision@K`` and ``cmc@K`` for each ``K`` in ``k``, ``map@r``, ``r_precision``, ``map`` (full ranking),
+    ``compute`` returns a dict of scalar tensors with keys usable as log names: ``recall@K`` (hit rate) or its re-ID
+    name ``cmc@K``, and ``precision@K``, for each ``K`` in ``k``, ``map@r``, ``r_precision``, ``map`` (full ranking),
     and the counts ``num_queries``, ``num_skipped_queries``, ``num_singleton_queries``. See
     :func:`~lit_metric.functional.retrieval.retrieval_metrics` for the protocol.
 
     Args:
-        metrics: names from ``("recall", "precision", "map_at_r", "r_precision", "map", "cmc")``. ``map`` sorts
-            the full gallery for every query, ``O(N^2 log N)``; the others need only nearest neighbours.
+        metrics: names from ``("recall", "precision", "map_at_r", "r_precision", "map", "cmc")``, with ``recall``
+            or ``cmc`` (one hit rate: ``cmc`` for re-ID), not both. ``map`` sorts the full gallery for every query,
+            ``O(N^2 log N)``; the others need only nearest neighbours.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``; each must be at most the gallery size.
         chunk_size: blocks of similarities hold at most ``chunk_size**2`` values (256 MB in float32 at the
             default; the search holds up to three); larger blocks make the matrix products more efficient, and
@@ -52,7 +53,7 @@ class RetrievalMetrics(Metric):
 
     def __init__(
         self,
-        metrics: Sequence[str] = ("recall", "precision", "map_at_r", "r_precision", "cmc"),
+        metrics: Sequence[str] = ("recall", "precision", "map_at_r", "r_precision"),
         k: Sequence[int] = (1, 2, 4, 8),
         chunk_size: int = 8192,
         **kwargs: Any,

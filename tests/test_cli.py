@@ -170,3 +170,85 @@ def test_wandb_goes_offline_without_an_api_key(env, netrc, mode, expected, tmp_p
     monkeypatch.setenv("HOME", str(tmp_path))
     wandb_offline_unless_logged_in()
     assert __import__("os").environ.get("WANDB_MODE") == expected
+
+
+# One run folder per run: continuing a run from its checkpoint, and runs without a logger.
+
+
+def in_workdir(workdir, args):
+    """``lit-metric args`` in ``workdir`` with W&B offline; the CLI once its W&B run, if any, is written."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_DIR", str(workdir))
+        wandb.teardown()
+        cli = run(args)
+        if wandb.run is not None:
+            wandb.run.finish()
+        wandb.teardown()
+    return cli
+
+
+def offline_runs(workdir):
+    return sorted(path.name for path in (workdir / "runs" / "digits" / "wandb").glob("offline-run-*"))
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """A one-epoch fit of configs/digits.yaml with an offline W&B run: its folder, CLI and run folder."""
+    workdir = tmp_path_factory.mktemp("tracked")
+    cli = in_workdir(workdir, ["fit", "--config", CONFIG, *SHORT[1:], "--trainer.max_epochs=1"])
+    run_id = cli.trainer.logger.version
+    return workdir, cli, workdir / "runs" / "digits" / "lit_metric" / run_id
+
+
+def test_validate_and_test_of_a_fit_s_checkpoint_log_into_the_fit_s_wandb_run(tracked):
+    workdir, fit, folder = tracked
+    saved_config = (workdir / "runs" / "digits" / "wandb").glob("offline-run-*/files/config.yaml")
+    before = {path: path.read_text() for path in saved_config}
+    for subcommand in ("validate", "test"):
+        cli = in_workdir(workdir, [subcommand, "--config", CONFIG, f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"])
+        assert cli.trainer.logger.version == folder.name
+    runs = offline_runs(workdir)
+    assert len(runs) == 3 and all(name.endswith(f"-{folder.name}") for name in runs)
+    # The fit's config stays the run's config.
+    assert all(path.read_text() == text for path, text in before.items())
+
+
+def test_predict_opens_no_wandb_run_and_writes_the_embeddings_into_the_checkpoint_s_run_folder(tracked):
+    workdir, _, folder = tracked
+    runs = offline_runs(workdir)
+    cli = in_workdir(workdir, ["predict", "--config", CONFIG, "--config", str(Path(CONFIG).with_name("predict.yaml")),
+                               f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"])
+    assert cli.trainer.loggers == [] and offline_runs(workdir) == runs
+    assert torch.load(folder / "embeddings.pt", weights_only=True)["embeddings"].shape == (540, 64)
+
+
+def test_resuming_a_fit_from_last_ckpt_continues_its_wandb_run_and_checkpoint_folder(tracked):
+    workdir, _, folder = tracked
+    cli = in_workdir(workdir, ["fit", "--config", CONFIG, *SHORT[1:], "--trainer.max_epochs=2",
+                               f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"])
+    assert cli.trainer.logger.version == folder.name and cli.trainer.current_epoch == 2
+    assert (workdir / cli.trainer.checkpoint_callback.best_model_path).parent == folder / "checkpoints"
+    assert sorted(path.name for path in (workdir / "runs" / "digits" / "lit_metric").iterdir()) == [folder.name]
+    assert all(name.endswith(f"-{folder.name}") for name in offline_runs(workdir))
+
+
+def test_a_run_without_a_logger_keeps_its_files_in_its_own_run_folder_and_resumes_there(tmp_path):
+    quiet = ["--config", CONFIG, "--trainer.logger=false", "--trainer.limit_train_batches=2",
+             "--trainer.enable_progress_bar=false"]
+    first = in_workdir(tmp_path, ["fit", *quiet, "--trainer.max_epochs=1"])
+    folder = tmp_path / "lightning_logs" / "version_0"
+    assert (tmp_path / first.trainer.checkpoint_callback.best_model_path).parent == folder / "checkpoints"
+    assert sorted(path.name for path in (folder / "pictures").iterdir()) == [
+        "embedding_projection-epoch000.png", "retrieval_grid-epoch000.png"
+    ]
+    assert [path.name for path in tmp_path.iterdir()] == ["lightning_logs"], "nothing in the working directory"
+    last = str(folder / "checkpoints" / "last.ckpt")
+    in_workdir(tmp_path, ["fit", *quiet, "--trainer.max_epochs=2", f"--ckpt_path={last}"])
+    in_workdir(tmp_path, ["predict", *quiet, "--config", str(Path(CONFIG).with_name("predict.yaml")), f"--ckpt_path={last}"])
+    assert [path.name for path in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    assert (folder / "checkpoints" / "best-epoch01.ckpt").is_file() and (folder / "embeddings.pt").is_file()
+    # A new fit gets a folder of its own.
+    second = in_workdir(tmp_path, ["fit", *quiet, "--trainer.max_epochs=1"])
+    assert Path(second.trainer.default_root_dir) == Path("lightning_logs/version_1")

@@ -89,7 +89,7 @@ def test_att_faces_config_runs_on_orl_folders_given_by_the_environment(orl_faces
         patch.chdir(tmp_path)
         run(["predict", "--config", str(CONFIGS / "att_faces.yaml"), "--config", str(CONFIGS / "predict.yaml"),
              f"--ckpt_path={ckpt}"])
-    export = load_embeddings(tmp_path / "embeddings.pt")
+    export = load_embeddings(Path(ckpt).parent.parent / "embeddings.pt")
     dataset = cli.datamodule.predict_dataloader().dataset
     assert export["paths"] == [str(path) for path in dataset.paths]
     assert export["embeddings"].shape[0] == len(dataset)

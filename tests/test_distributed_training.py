@@ -283,7 +283,7 @@ def test_a_short_ddp_fit_from_the_cli(tmp_path):
     assert "Validation retrieval metrics after fit" in result.stdout + result.stderr
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
     # Both ranks gather the embeddings for the pictures; rank 0 draws them once.
-    pictures = sorted(path.name for path in (tmp_path / "pictures").iterdir())
+    pictures = sorted(path.name for path in (tmp_path / "lightning_logs" / "version_0" / "pictures").iterdir())
     assert pictures == ["embedding_projection-epoch000.png", "retrieval_grid-epoch000.png"]
 
 
@@ -308,5 +308,5 @@ def test_a_ddp_fit_on_a_folder_of_images_from_the_cli(orl_faces, tmp_path):
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
     # 19 held-out people x 5 images, each scored once although DistributedSampler pads one rank's share of 95.
     assert re.search(r"val/num_queries\s+95\.0000", output)
-    pictures = sorted(path.name for path in (tmp_path / "pictures").iterdir())
+    pictures = sorted(path.name for path in (tmp_path / "lightning_logs" / "version_0" / "pictures").iterdir())
     assert pictures == ["embedding_projection-epoch000.png", "retrieval_grid-epoch000.png"]

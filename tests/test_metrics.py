@@ -13,7 +13,7 @@ from lit_metric.metrics import RetrievalMetrics
 
 from _ddp import run_processes
 
-ALL = ("recall", "precision", "map_at_r", "r_precision", "map", "cmc")
+ALL = ("recall", "precision", "map_at_r", "r_precision", "map")
 
 
 def make_data(n=45, seed=0):
@@ -61,9 +61,24 @@ def test_keys_are_log_names():
     metric = RetrievalMetrics(metrics=ALL, k=(1, 2))
     metric.update(x, labels, torch.arange(45))
     out = metric.compute()
-    assert {"recall@1", "precision@2", "cmc@1", "map@r", "r_precision", "map", "num_queries"} <= out.keys()
+    assert {"recall@1", "precision@2", "map@r", "r_precision", "map", "num_queries"} <= out.keys()
     assert all(re.fullmatch(r"[a-z_]+(@(\d+|r))?", name) for name in out)
     assert all(value.dtype == torch.float32 and value.ndim == 0 for value in out.values())
+
+
+def test_the_hit_rate_is_logged_once_as_recall_by_default_or_as_cmc_for_re_id():
+    x, labels, is_query, cameras = make_data()
+    default = RetrievalMetrics(k=(1, 2))
+    default.update(x, labels, torch.arange(45))
+    names = default.compute().keys()
+    assert "recall@1" in names and not any(name.startswith("cmc@") for name in names)
+    reid = RetrievalMetrics(metrics=("cmc", "map"), k=(1, 2))
+    reid.update(x, labels, torch.arange(45), is_query=is_query, cameras=cameras)
+    out = reid.compute()
+    expected = retrieval_metrics(x, labels, is_query=is_query, cameras=cameras, metrics=("recall",), k=(1, 2))
+    assert out["cmc@2"] == expected["recall@2"] and not any(name.startswith("recall@") for name in out)
+    with pytest.raises(ValueError, match="`metrics` must hold 'recall' or 'cmc', not both"):
+        RetrievalMetrics(metrics=("recall", "cmc"))
 
 
 @pytest.mark.parametrize(

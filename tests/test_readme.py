@@ -26,8 +26,9 @@ def user_files(tmp_path_factory):
         fitted = run(["fit", "--config", config, "--trainer.max_epochs=1", "--trainer.logger=false",
                       "--trainer.enable_progress_bar=false"])
         shutil.copy(fitted.trainer.checkpoint_callback.best_model_path, workdir / "best.ckpt")
-        run(["predict", "--config", config, "--config", str(ROOT / "configs" / "predict.yaml"),
-             f"--ckpt_path={workdir / 'best.ckpt'}"])
+        predicted = run(["predict", "--config", config, "--config", str(ROOT / "configs" / "predict.yaml"),
+                         f"--ckpt_path={workdir / 'best.ckpt'}"])
+        shutil.copy(Path(predicted.trainer.default_root_dir) / "embeddings.pt", workdir / "embeddings.pt")
     return workdir
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_metric.distributed import gather_in_dataset_order
@@ -33,11 +34,13 @@ class EmbeddingWriter(BasePredictionWriter):
 
     Args:
         output_path: the file to write; its suffix, ``.pt`` or ``.npz``, picks the format. Parent folders are made.
+            ``None`` writes ``embeddings.pt`` into the trainer's ``default_root_dir``, which ``lit-metric predict``
+            sets to the checkpoint's run folder.
     """
 
-    def __init__(self, output_path: str | Path = "embeddings.pt") -> None:
+    def __init__(self, output_path: str | Path | None = None) -> None:
         super().__init__(write_interval="batch")
-        self.output_path = check_embedding_path("output_path", output_path)
+        self.output_path = check_embedding_path("output_path", output_path) if output_path is not None else None
         self._rows: list[dict[str, Any]] = []
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -71,5 +74,7 @@ class EmbeddingWriter(BasePredictionWriter):
         export = gather_in_dataset_order(self._rows)
         self._rows = []
         if trainer.is_global_zero and export:
-            save_embeddings(export, self.output_path)
+            path = self.output_path or Path(trainer.default_root_dir) / "embeddings.pt"
+            save_embeddings(export, path)
+            rank_zero_info(f"Embeddings of {len(export['embeddings'])} items written to {path}")
 

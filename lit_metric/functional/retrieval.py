@@ -151,7 +151,7 @@ def retrieval_metrics(
     is_query: Tensor | None = None,
     is_gallery: Tensor | None = None,
     cameras: Tensor | None = None,
-    metrics: Sequence[str] = RETRIEVAL_METRICS,
+    metrics: Sequence[str] = ("recall", "precision", "map_at_r", "r_precision", "map"),
     k: Sequence[int] = (1, 2, 4, 8),
     chunk_size: int = 8192,
 ) -> dict[str, Tensor]:
@@ -169,7 +169,8 @@ def retrieval_metrics(
         is_query: ``(N,)`` bool.
         is_gallery: ``(N,)`` bool.
         cameras: ``(N,)`` integer camera ids.
-        metrics: names from :data:`RETRIEVAL_METRICS`.
+        metrics: names from :data:`RETRIEVAL_METRICS`. ``recall`` and ``cmc`` name one hit rate, under the names of
+            deep metric learning (``recall@K``) and of re-ID (``cmc@K``): ask for one of them.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``.
         chunk_size: tiles of similarities hold at most ``chunk_size**2`` values.
 
@@ -252,6 +253,11 @@ def check_options(metrics: Sequence[str], k: Sequence[int]) -> None:
     unknown = sorted(set(metrics) - set(RETRIEVAL_METRICS))
     if unknown or not metrics:
         raise ValueError(f"`metrics` must be a non-empty subset of {RETRIEVAL_METRICS}, got {tuple(metrics)}")
+    if "recall" in metrics and "cmc" in metrics:
+        raise ValueError(
+            "`metrics` must hold 'recall' or 'cmc', not both: they are one hit rate, named recall@K in deep metric "
+            "learning and cmc@K in re-ID"
+        )
     check_positive_ints("k", k)
 
 

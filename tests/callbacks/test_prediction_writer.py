@@ -33,8 +33,9 @@ def predicted(tmp_path_factory):
 
 
 def test_predict_writes_the_checkpoint_embeddings_of_the_predict_set_in_dataset_order(predicted):
-    workdir, checkpoint, datamodule = predicted
-    export = load_embeddings(workdir / "embeddings.pt")
+    _, checkpoint, datamodule = predicted
+    # Into the checkpoint's run folder, not the working directory.
+    export = load_embeddings(checkpoint.parent.parent / "embeddings.pt")
     holdout = datamodule.holdout_set
     model = MetricLearningModule.load_from_checkpoint(checkpoint).eval()
     with torch.no_grad():
@@ -46,8 +47,8 @@ def test_predict_writes_the_checkpoint_embeddings_of_the_predict_set_in_dataset_
 
 
 def test_the_pt_file_is_a_plain_dict_for_torch_load(predicted):
-    workdir, _, _ = predicted
-    export = torch.load(workdir / "embeddings.pt", weights_only=True)
+    _, checkpoint, _ = predicted
+    export = torch.load(checkpoint.parent.parent / "embeddings.pt", weights_only=True)
     assert export["embeddings"].shape == (540, 64) and export["embeddings"].dtype == torch.float32
 
 

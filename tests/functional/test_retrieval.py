@@ -21,7 +21,9 @@ from lit_metric.functional.retrieval import (
     retrieval_metrics,
 )
 
-ALL = ("recall", "precision", "map_at_r", "r_precision", "map", "cmc")
+ALL = ("recall", "precision", "map_at_r", "r_precision", "map")
+# Every metric under re-ID's names: the hit rate as cmc@K.
+REID = ("cmc", "precision", "map_at_r", "r_precision", "map")
 
 
 def reference_rankings(x, labels, is_query=None, is_gallery=None, cameras=None):
@@ -45,7 +47,7 @@ def reference_rankings(x, labels, is_query=None, is_gallery=None, cameras=None):
     return out
 
 
-def reference_metrics(rankings, ks):
+def reference_metrics(rankings, ks, hit_rate="recall"):
     sums, scored, skipped, singletons = {}, 0, 0, 0
     for _, _, match, singleton in rankings:
         r = sum(match)
@@ -56,7 +58,7 @@ def reference_metrics(rankings, ks):
         scored += 1
         values = {}
         for k in ks:
-            values[f"recall@{k}"] = values[f"cmc@{k}"] = float(any(match[:k]))
+            values[f"{hit_rate}@{k}"] = float(any(match[:k]))
             values[f"precision@{k}"] = sum(match[:k]) / k
         values["r_precision"] = sum(match[:r]) / r
         values["map@r"] = sum(sum(match[: i + 1]) / (i + 1) for i in range(r) if match[i]) / r
@@ -114,13 +116,14 @@ def test_hand_worked_camera_exclusion():
     labels = torch.tensor([5, 6, 7, 5, 5, 8, 6, 9])
     cameras = torch.tensor([0, 1, 0, 0, 1, 0, 1, 1])
     is_query = torch.arange(8) < 3
-    out = retrieval_metrics(x, labels, is_query=is_query, cameras=cameras, metrics=ALL, k=(1, 3))
+    out = retrieval_metrics(x, labels, is_query=is_query, cameras=cameras, metrics=REID, k=(1, 3))
     # Query 0 ranks 7, 5, 4 (item 3 excluded): first match at rank 3. Query 1's only match shares its
     # camera: skipped. Query 2 has no identity-7 item in the gallery: singleton.
     assert out["num_queries"] == 1 and out["num_skipped_queries"] == 1 and out["num_singleton_queries"] == 1
-    assert out["recall@1"] == 0 and out["recall@3"] == 1 and out["cmc@3"] == 1
+    assert out["cmc@1"] == 0 and out["cmc@3"] == 1
     assert out["map"] == pytest.approx(1 / 3) and out["map@r"] == 0
-    assert_metrics_equal(out, reference_metrics(reference_rankings(x, labels, is_query, ~is_query, cameras), (1, 3)))
+    expected = reference_metrics(reference_rankings(x, labels, is_query, ~is_query, cameras), (1, 3), "cmc")
+    assert_metrics_equal(out, expected)
 
 
 @pytest.mark.parametrize("mode", ["leave_one_out", "query_gallery", "reid"])
@@ -136,8 +139,9 @@ def test_random_sets_equal_plain_loop_reference(mode, chunk_size):
     if mode == "reid":
         cameras = torch.randint(2, (70,), generator=g)
     ks = (1, 3, 10)
-    out = retrieval_metrics(x, labels, is_query, is_gallery, cameras, metrics=ALL, k=ks, chunk_size=chunk_size)
-    expected = reference_metrics(reference_rankings(x, labels, is_query, is_gallery, cameras), ks)
+    metrics, hit_rate = (REID, "cmc") if mode == "reid" else (ALL, "recall")
+    out = retrieval_metrics(x, labels, is_query, is_gallery, cameras, metrics=metrics, k=ks, chunk_size=chunk_size)
+    expected = reference_metrics(reference_rankings(x, labels, is_query, is_gallery, cameras), ks, hit_rate)
     assert_metrics_equal(out, expected)
     if mode == "reid":
         assert expected["num_skipped_queries"] > 0 and expected["num_singleton_queries"] > 0
@@ -244,6 +248,7 @@ def test_bad_input_is_rejected_with_a_clear_message():
     ("kwargs", "match"),
     [
         ({"metrics": ("recal",)}, r"`metrics` must be a non-empty subset of .*got \('recal',\)"),
+        ({"metrics": ("recall", "cmc")}, "`metrics` must hold 'recall' or 'cmc', not both: they are one hit rate"),
         ({"k": ()}, "`k` must be a non-empty sequence of positive integers"),
         ({"k": (0, 1)}, "`k` must be a non-empty sequence of positive integers"),
         ({"labels": torch.tensor([0, 0, 1])}, r"`labels` must have shape \(4,\) to match `embeddings`, got shape \(3,\)"),
