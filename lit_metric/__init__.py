@@ -1,5 +1,12 @@
 """lit_metric: deep metric learning as a first-class citizen of PyTorch Lightning."""
 
+import os
+
+# OpenMP threads that spin while waiting for work slow torch down 26x on cores that other processes share (other jobs,
+# DataLoader workers, faiss's own OpenMP runtime), in benchmarks/openmp.py; passive threads sleep instead. The
+# runtimes read the policy when they load, so it is set before torch is imported, and only if the user has not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from lit_metric.callbacks import BackboneFreeze, EmbeddingWriter, PairMiner, RetrievalPictures
 from lit_metric.io import load_embeddings, save_embeddings
 from lit_metric.losses import BinomialDevianceLoss

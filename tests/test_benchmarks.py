@@ -52,3 +52,11 @@ def test_backbone_step_benchmark_prints_the_embedder_against_the_classifier():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [row[0].strip() for row in rows] == ["lit_metric", "lit_metric, channels_last", "timm classifier"]
     assert float(rows[2][2]) == 1.0
+
+
+def test_openmp_benchmark_times_both_wait_policies_at_every_stage():
+    out = run("openmp.py", "--size", "64", "--rounds", "1", "--repeats", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| unset") or line.startswith("| PASSIVE")]
+    assert [row[0].strip() for row in rows] == ["unset", "PASSIVE"]
+    # Each child ends with torch's OpenMP runtime and faiss's.
+    assert [row[-1].strip() for row in rows] == ["2", "2"]

@@ -1,5 +1,6 @@
 """Specification of the ``lit-metric`` command: fit from a config, then validate, test and predict a checkpoint."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,15 @@ def test_python_dash_m_is_the_console_script():
     assert "{fit,validate,test,predict}" in result.stdout
 
 
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_lit_metric_first_makes_openmp_threads_wait_passively_unless_the_user_chose(given, expected):
+    env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+    env.update({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import os, lit_metric, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [expected]
+
+
 LOGIN = "machine api.wandb.ai\n  login user\n  password k\n"
 
 
@@ -224,17 +234,19 @@ def test_predict_opens_no_wandb_run_and_writes_the_embeddings_into_the_checkpoin
     assert torch.load(folder / "embeddings.pt", weights_only=True)["embeddings"].shape == (540, 64)
 
 
-def test_resuming_a_fit_from_last_ckpt_continues_its_wandb_run_and_checkpoint_folder(tracked):
+def test_resuming_a_fit_from_last_ckpt_continues_its_wandb_run_and_checkpoint_folder(tracked, recwarn):
     workdir, _, folder = tracked
-    cli = in_workdir(workdir, ["fit", "--config", CONFIG, *SHORT[1:], "--trainer.max_epochs=2",
-                               f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"])
+    last = folder.relative_to(workdir) / "checkpoints" / "last.ckpt"  # as the user types it
+    cli = in_workdir(workdir, ["fit", "--config", CONFIG, *SHORT[1:], "--trainer.max_epochs=2", f"--ckpt_path={last}"])
+    # The checkpoint callback takes back its record of the best checkpoints.
+    assert not [warning for warning in recwarn if "dirpath has changed" in str(warning.message)]
     assert cli.trainer.logger.version == folder.name and cli.trainer.current_epoch == 2
     assert (workdir / cli.trainer.checkpoint_callback.best_model_path).parent == folder / "checkpoints"
     assert sorted(path.name for path in (workdir / "runs" / "digits" / "lit_metric").iterdir()) == [folder.name]
     assert all(name.endswith(f"-{folder.name}") for name in offline_runs(workdir))
 
 
-def test_a_run_without_a_logger_keeps_its_files_in_its_own_run_folder_and_resumes_there(tmp_path):
+def test_a_run_without_a_logger_keeps_its_files_in_its_own_run_folder_and_resumes_there(tmp_path, recwarn):
     quiet = ["--config", CONFIG, "--trainer.logger=false", "--trainer.limit_train_batches=2",
              "--trainer.enable_progress_bar=false"]
     first = in_workdir(tmp_path, ["fit", *quiet, "--trainer.max_epochs=1"])
@@ -244,8 +256,9 @@ def test_a_run_without_a_logger_keeps_its_files_in_its_own_run_folder_and_resume
         "embedding_projection-epoch000.png", "retrieval_grid-epoch000.png"
     ]
     assert [path.name for path in tmp_path.iterdir()] == ["lightning_logs"], "nothing in the working directory"
-    last = str(folder / "checkpoints" / "last.ckpt")
+    last = "lightning_logs/version_0/checkpoints/last.ckpt"
     in_workdir(tmp_path, ["fit", *quiet, "--trainer.max_epochs=2", f"--ckpt_path={last}"])
+    assert not [warning for warning in recwarn if "dirpath has changed" in str(warning.message)]
     in_workdir(tmp_path, ["predict", *quiet, "--config", str(Path(CONFIG).with_name("predict.yaml")), f"--ckpt_path={last}"])
     assert [path.name for path in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
     assert (folder / "checkpoints" / "best-epoch01.ckpt").is_file() and (folder / "embeddings.pt").is_file()
