@@ -69,12 +69,23 @@ def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: parameter.grad.clone() for name, parameter in module.named_parameters()}
 
 
-def one_step_per_setting(rank: int, world_size: int) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Each setting's loss and DDP-averaged gradients after one step on this rank's shard."""
+def pair_criterion_modules() -> list[MetricLearningModule]:
+    """The binomial deviance under every miner setting."""
+    return [MinerModule(PairMiner(**settings)) for settings in SETTINGS]
+
+
+def plain_loss_modules() -> list[MetricLearningModule]:
+    """Losses of pytorch-metric-learning, called as loss(embeddings, labels): each process computes one on the global
+    batch."""
+    return [MetricLearningModule(embedding_net(), criterion=loss()) for loss in (TripletMarginLoss, ContrastiveLoss,
+                                                                                 MultiSimilarityLoss)]
+
+
+def one_step_of_each(rank: int, world_size: int, modules) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Each module's share of the loss and DDP-averaged gradients after one step on this rank's shard."""
     shard = {name: value[SHARDS[rank]] for name, value in global_batch().items()}
     results = []
-    for settings in SETTINGS:
-        module = MinerModule(PairMiner(**settings))
+    for module in modules():
         model = DistributedDataParallel(StepAsForward(module))
         loss = model(shard)
         loss.backward()
@@ -82,51 +93,21 @@ def one_step_per_setting(rank: int, world_size: int) -> list[tuple[torch.Tensor,
     return results
 
 
-def test_one_step_gives_the_single_process_loss_and_gradients_for_every_setting(tmp_path):
-    per_rank = run_processes(one_step_per_setting, tmp_path)
-    batch = global_batch()
-    for index, settings in enumerate(SETTINGS):
-        module = MinerModule(PairMiner(**settings))
-        loss = module.training_step(batch, 0)
+@pytest.mark.parametrize("modules", [pair_criterion_modules, plain_loss_modules], ids=lambda modules: modules.__name__)
+def test_one_step_gives_the_single_process_loss_and_gradients(modules, tmp_path):
+    per_rank = run_processes(one_step_of_each, tmp_path, modules)
+    for index, module in enumerate(modules()):
+        label = f"module {index}, {module.criterion!r}, {module.miner.settings}"
+        loss = module.training_step(global_batch(), 0)
         loss.backward()
+        assert loss > 0, label
         # Each process's share of the loss; the shares sum to the global loss.
         shares = torch.stack([per_rank[rank][index][0] for rank in range(2)])
-        torch.testing.assert_close(shares.sum(), loss.detach(), atol=1e-6, rtol=1e-5, msg=f"loss, {settings}")
+        torch.testing.assert_close(shares.sum(), loss.detach(), atol=1e-6, rtol=1e-5, msg=f"loss, {label}")
         expected = gradients(module)
         for rank in range(2):
             for name, grad in per_rank[rank][index][1].items():
-                torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"{name}, {settings}")
-
-
-# Losses of pytorch-metric-learning, called as loss(embeddings, labels): every process computes one on the global batch.
-PLAIN_LOSSES = [TripletMarginLoss, ContrastiveLoss, MultiSimilarityLoss]
-
-
-def one_step_per_plain_loss(rank: int, world_size: int) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    shard = {name: value[SHARDS[rank]] for name, value in global_batch().items()}
-    results = []
-    for loss in PLAIN_LOSSES:
-        module = MetricLearningModule(embedding_net(), criterion=loss())
-        model = DistributedDataParallel(StepAsForward(module))
-        share = model(shard)
-        share.backward()
-        results.append((share.detach() / world_size, gradients(module)))
-    return results
-
-
-def test_a_plain_loss_sees_the_global_batch_and_gives_the_single_process_loss_and_gradients(tmp_path):
-    per_rank = run_processes(one_step_per_plain_loss, tmp_path)
-    for index, loss in enumerate(PLAIN_LOSSES):
-        module = MetricLearningModule(embedding_net(), criterion=loss())
-        expected_loss = module.training_step(global_batch(), 0)
-        expected_loss.backward()
-        assert expected_loss > 0, loss.__name__
-        shares = torch.stack([per_rank[rank][index][0] for rank in range(2)])
-        torch.testing.assert_close(shares.sum(), expected_loss.detach(), msg=f"loss, {loss.__name__}")
-        expected = gradients(module)
-        for rank in range(2):
-            for name, grad in per_rank[rank][index][1].items():
-                torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"{name}, {loss.__name__}")
+                torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"{name}, {label}")
 
 
 def one_step_with_labels_of_rank_dtype(rank: int, world_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
