@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/lit-metric fit --config configs/digits.yaml
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/lit-metric fit --config digits
 
 test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests

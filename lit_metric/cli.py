@@ -5,19 +5,60 @@ from __future__ import annotations
 import importlib
 import netrc
 import os
+import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
+import torch
 import yaml
+from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_metric import __version__
 from lit_metric.callbacks.pair_miner import PairMiner
 from lit_metric.module import MetricLearningModule
 
-__all__ = ["LitMetricCLI", "main", "run", "wandb_offline_unless_logged_in"]
+__all__ = [
+    "BUNDLED_CONFIGS", "LitMetricCLI", "bundled_config", "bundled_config_names", "main", "run",
+    "wandb_offline_unless_logged_in",
+]
+
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+"""The configs that ship with lit_metric; ``--config NAME`` picks one by name."""
+
+
+def bundled_config_names() -> list[str]:
+    """The names of the bundled configs, e.g. ``digits`` for ``BUNDLED_CONFIGS/digits.yaml``, sorted."""
+    return sorted(path.stem for path in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def bundled_config(value: str) -> str:
+    """The ``--config`` value to read: ``value`` itself when it is a file or a config string, else a bundled config.
+
+    A bare name such as ``digits`` or ``digits.yaml`` names ``BUNDLED_CONFIGS/digits.yaml``. A name or path that is
+    neither a file nor bundled raises a ``TypeError`` that lists the bundled configs.
+    """
+    # A config string holds a colon, braces or brackets; a name or path does not (an existing path returns first).
+    if Path(value).is_file() or not re.fullmatch(r"[^\s:{}\[\]]+", value):
+        return value
+    bundled = BUNDLED_CONFIGS / (value if value.endswith(".yaml") else f"{value}.yaml")
+    if Path(value).name == value and bundled.is_file():
+        return str(bundled)
+    raise TypeError(
+        f"--config {value!r} is neither a file nor a config bundled with lit_metric; "
+        f"bundled: {', '.join(bundled_config_names())}"
+    )
+
+
+class BundledConfigFile(ActionConfigFile):
+    """``--config``: a config file, a config string, or the name of a bundled config (see :func:`bundled_config`)."""
+
+    def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
+        super().__call__(parser, cfg, bundled_config(values) if isinstance(values, str) else values, option_string)
 
 
 def wandb_offline_unless_logged_in() -> None:
@@ -84,6 +125,24 @@ class LitMetricCLI(LightningCLI):
     is refused when the command line is parsed. After ``fit`` it prints the last validation metrics and where the
     best checkpoint is.
     """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument(
+            "-c", "--config", action=BundledConfigFile,
+            help=f"A config file in YAML or JSON, or the name of a bundled config: {', '.join(bundled_config_names())}",
+        )
+        return parser
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.parser.add_argument(
+            "--version", action="version",
+            version=f"lit-metric {__version__} (lightning {L.__version__}, torch {torch.__version__})",
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PairMiner, "miner")

@@ -8,8 +8,9 @@ import pytest
 import torch
 import wandb
 
+import lit_metric
 from lit_metric import PairMiner
-from lit_metric.cli import LitMetricCLI, run, wandb_offline_unless_logged_in
+from lit_metric.cli import BUNDLED_CONFIGS, LitMetricCLI, bundled_config_names, run, wandb_offline_unless_logged_in
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
 SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
@@ -109,6 +110,54 @@ def test_a_second_miner_in_the_trainer_callbacks_is_refused_when_the_command_lin
     error = capsys.readouterr().err
     assert "`trainer.callbacks` must not hold a PairMiner" in error and "`miner:`" in error and "`--miner.*`" in error
     assert not instantiated, "nothing is built or set up"
+
+
+def printed_config(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", *args, "--print_config"])
+    printed = capsys.readouterr()
+    assert exit_info.value.code in (None, 0), printed.err[-2000:]
+    return printed.out
+
+
+@pytest.mark.parametrize("name", ["digits", "digits.yaml"])
+def test_a_bundled_config_is_found_by_name_from_any_folder(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    by_path = printed_config(capsys, "--config", str(BUNDLED_CONFIGS / "digits.yaml"))
+    assert printed_config(capsys, "--config", name) == by_path
+    assert "class_path: lit_metric.data.DigitsDataModule" in by_path
+
+
+def test_bundled_overlays_stack_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    printed = printed_config(capsys, "--config", "digits", "--config", "predict")
+    assert "class_path: lit_metric.EmbeddingWriter" in printed
+
+
+@pytest.mark.parametrize("value", ["digit", "digits.yml", "configs/nothing.yaml"])
+def test_a_config_that_is_neither_a_file_nor_bundled_is_refused_with_the_bundled_names(value, tmp_path, monkeypatch,
+                                                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", value])
+    error = capsys.readouterr().err
+    assert f"--config {value!r} is neither a file nor a config bundled with lit_metric" in error
+    assert f"bundled: {', '.join(bundled_config_names())}" in error
+    assert {"digits", "att_faces", "wandb"} <= set(bundled_config_names())
+
+
+def test_a_file_in_the_working_directory_wins_over_a_bundled_config_of_the_same_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits.yaml").write_text((BUNDLED_CONFIGS / "digits.yaml").read_text().replace("seed_everything: 0",
+                                                                                               "seed_everything: 7"))
+    assert "seed_everything: 7" in printed_config(capsys, "--config", "digits.yaml")
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"lit-metric {lit_metric.__version__} (lightning ")
 
 
 def test_console_script_exits_zero_after_a_run(tmp_path):
