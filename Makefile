@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 install: $(STAMP)
 
@@ -26,10 +26,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
 
+# The site with the API reference, in site/; `make test` builds it too, in strict mode.
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss.py
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/baselines.py
 
 clean:
-	rm -rf $(VENV) lightning_logs wandb runs
+	rm -rf $(VENV) lightning_logs wandb runs site
