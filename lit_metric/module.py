@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
@@ -13,6 +12,7 @@ from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau, SequentialLR
 from lit_metric.callbacks.pair_miner import PairMiner
 from lit_metric.distributed import gather_rows, gather_rows_with_grad, gather_sizes, rank, world_size
 from lit_metric.functional.deviance import cosine_similarity
+from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.pairs import Pairs
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
@@ -126,7 +126,7 @@ class MetricLearningModule(L.LightningModule):
         if self.flip_test and not self.training:
             mirrored = self.embedding_net(images.flip(-1))
             # Unit rows first, so that neither view outweighs the other in the cosine of the sum.
-            embeddings = F.normalize(embeddings, dim=1) + F.normalize(mirrored, dim=1)
+            embeddings = unit_rows(embeddings) + unit_rows(mirrored)
         return embeddings
 
     def gather_reference(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -120,6 +120,24 @@ def test_flip_test_embeds_an_image_and_its_mirror_image_outside_training():
     torch.testing.assert_close(module.embed(images), plain)
 
 
+class Scaled(torch.nn.Module):
+    def __init__(self, net, scale):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, images):
+        return self.net(images) * self.scale
+
+
+@pytest.mark.parametrize("scale", [2.0**-100, 2.0**100])
+def test_flip_test_sums_the_unit_embeddings_at_any_magnitude(scale):
+    # F.normalize left rows below its eps (1e-12) shorter than 1, and made rows from 1e19 on zero in float32.
+    module, images = tiny_module(flip_test=True).eval(), tiny_batch()["image"]
+    expected = module.embed(images)
+    module.embedding_net = Scaled(module.embedding_net, scale)
+    assert torch.equal(module.embed(images), expected)
+
+
 def test_validation_and_test_log_the_retrieval_metrics():
     batch = tiny_batch()
     module = tiny_module(metrics=RetrievalMetrics(k=[1, 2]))

@@ -2,6 +2,7 @@
 the brute-force cosine neighbours of their embeddings, whether the gallery is given as images, a data set, a data
 loader or an exported embeddings file; bad inputs are refused with the argument's name."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -153,11 +154,21 @@ def test_non_finite_embeddings_are_refused_by_name(index):
         EmbeddingIndex(index.model, embeddings)
     with pytest.raises(ValueError, match="`queries` must be a floating-point tensor, got dtype torch.int64"):
         index.search_embeddings(torch.ones(2, 64, dtype=torch.long), k=2)
-    # Finite in float64 but not in float32, where the search scores them.
-    with pytest.raises(ValueError, match="`embeddings` must be finite in float32"):
-        EmbeddingIndex(index.model, torch.full((3, 64), 1e300, dtype=torch.float64))
-    with pytest.raises(ValueError, match="`queries` must be finite in float32"):
-        index.search_embeddings(torch.full((2, 64), 1e300, dtype=torch.float64), k=2)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "magnitude"),
+    [*((torch.float32, magnitude) for magnitude in (1e-30, 1e-15, 1e19, 3e38)), (torch.float64, 1e-300),
+     (torch.float64, 1e300)],
+)
+def test_embeddings_of_any_finite_magnitude_find_what_they_find_at_scale_one(index, dtype, magnitude):
+    # A power of two scales exactly, so the results must be identical; 1e300 is beyond float32, where it is scored.
+    embeddings = index.embeddings.to(dtype) / index.embeddings.abs().max() * 1.75
+    scale = 2.0 ** math.floor(math.log2(magnitude))  # 1.75 * 2**127 = 3.0e38
+    queries = embeddings[:5] + 0.01
+    expected = EmbeddingIndex(index.model, embeddings).search_embeddings(queries, k=4)
+    found = EmbeddingIndex(index.model, embeddings * scale).search_embeddings(queries * scale, k=4)
+    assert torch.equal(found.indices, expected.indices) and torch.equal(found.scores, expected.scores)
 
 
 @pytest.mark.parametrize(

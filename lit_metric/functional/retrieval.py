@@ -17,7 +17,6 @@ from torch import Tensor
 
 from lit_metric.functional._checks import (
     check_finite,
-    check_float32_range,
     check_floating,
     check_positive_ints,
     describe,
@@ -263,17 +262,13 @@ def check_items(
     is_gallery: Tensor | None = None,
     cameras: Tensor | None = None,
 ) -> None:
-    """Raise a ValueError naming the argument unless ``embeddings`` is a floating ``(N, D)`` tensor finite in float32,
+    """Raise a ValueError naming the argument unless ``embeddings`` is a finite floating ``(N, D)`` tensor,
     ``labels``, ``indexes`` and ``cameras`` (non-negative) are integer ``(N,)`` tensors and the flags bool ``(N,)``
     tensors; the optional ones may be ``None``."""
     check_floating("embeddings", embeddings)
     if embeddings.ndim != 2:
         raise ValueError(f"`embeddings` must have shape (N, D), got shape {tuple(embeddings.shape)}")
-    if embeddings.numel():
-        check_finite("embeddings", embeddings)
-    if embeddings.dtype == torch.float64:
-        # Scored in float32: named here, not later as the search's queries.
-        check_float32_range("embeddings", embeddings)
+    check_finite("embeddings", embeddings)
     n = len(embeddings)
     for name, x, kind in (
         ("labels", labels, "an integer"),
