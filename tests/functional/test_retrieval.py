@@ -143,7 +143,7 @@ def test_random_sets_equal_plain_loop_reference(mode, chunk_size):
         assert expected["num_skipped_queries"] > 0 and expected["num_singleton_queries"] > 0
 
 
-# Powers of two near the ends of each dtype's range (float16: 2e-7, among its subnormals, and 0.9 of its largest value).
+# Powers of two near the ends of each dtype's range (float16: 2e-7, among its subnormals, and 0.9 of its largest).
 FAR_SCALES = [
     *((torch.float32, scale) for scale in (2.0**-100, 2.0**-50, 2.0**64, 2.0**127)),
     *((torch.float16, scale) for scale in (2.0**-23, 2.0**15)),
@@ -263,6 +263,22 @@ def test_bad_input_is_rejected_with_a_clear_message():
         retrieval_metrics(x, labels, is_query=torch.tensor([True, True, False, False]), k=(3,))
     with pytest.raises(ValueError, match="`is_query` must select at least one item"):
         retrieval_metrics(x, labels, is_query=torch.zeros(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"embeddings": torch.zeros(0, 3), "labels": torch.zeros(0, dtype=torch.long)},
+         r"`embeddings` must hold at least one item, got shape \(0, 3\)"),
+        ({"is_gallery": torch.ones(4, dtype=torch.bool)},
+         r"`is_gallery` must leave at least one item out as a query \(`is_query` is its complement\), got every item"),
+    ],
+)
+def test_no_query_is_blamed_on_what_left_none(kwargs, match):
+    # Both used to say "`is_query` must select at least one item", though no `is_query` was given.
+    arguments = {"embeddings": torch.randn(4, 3), "labels": torch.tensor([0, 0, 1, 1]), "k": (1,), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        retrieval_metrics(**arguments)
 
 
 @pytest.mark.parametrize(
