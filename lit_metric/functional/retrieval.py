@@ -29,9 +29,9 @@ __all__ = [
     "check_options",
     "cosine_average_precision",
     "exclusion_keys",
-    "metric_names",
     "hit_rate_at_k",
     "map_at_r",
+    "metric_names",
     "precision_at_k",
     "r_precision",
     "resolve_roles",
@@ -189,8 +189,10 @@ def retrieval_metrics(
     shared = bool((is_query & is_gallery).any())
     gallery_size = len(gallery) - int(shared)
     if len(queries) == 0 and queries_from_gallery:
-        raise ValueError("`is_gallery` must leave at least one item out as a query (`is_query` is its complement), "
-                         "got every item in the gallery")
+        raise ValueError(
+            "`is_gallery` must leave at least one item out as a query (`is_query` is its complement), got every item "
+            "in the gallery"
+        )
     if len(queries) == 0:
         raise ValueError("`is_query` must select at least one item, got no query")
     if gallery_size < 1:
