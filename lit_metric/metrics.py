@@ -22,13 +22,14 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from lit_metric.distributed import first_occurrences, gather_objects
 from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.retrieval import check_items, check_options, resolve_roles, retrieval_metrics
+from lit_metric.hparams import RecordsArguments
 
 __all__ = ["RetrievalMetrics"]
 
 _NO_CAMERA = -1
 
 
-class RetrievalMetrics(Metric):
+class RetrievalMetrics(RecordsArguments, Metric):
     """Exact retrieval metrics by cosine similarity, leave-one-out or query/gallery with re-ID camera rules.
 
     ``compute`` returns a dict of scalar tensors with keys usable as log names: ``recall@K`` (hit rate),

@@ -122,7 +122,7 @@ class StopAt(L.Callback):
             raise self.error()
 
 
-def fit(tmp_path, *callbacks, ckpt_path=None, max_epochs=2, weights_only=None):
+def fit(tmp_path, *callbacks, ckpt_path=None, max_epochs=2):
     torch.manual_seed(0)
     module = MetricLearningModule(ConvEmbedder(embedding_dim=8, channels=(8,)))
     labels = torch.arange(4).repeat_interleave(6)
@@ -132,7 +132,7 @@ def fit(tmp_path, *callbacks, ckpt_path=None, max_epochs=2, weights_only=None):
         default_root_dir=tmp_path, callbacks=[ModelCheckpoint(save_last=True), *callbacks],
         plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, DataLoader(TensorImageDataset(images, labels), batch_size=8), ckpt_path=ckpt_path, weights_only=weights_only)
+    trainer.fit(module, DataLoader(TensorImageDataset(images, labels), batch_size=8), ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
 
@@ -142,7 +142,7 @@ def test_a_fit_stopped_by_an_exception_leaves_a_full_checkpoint_beside_last_ckpt
         fit(tmp_path, StopAt(step=4, error=error), PreemptionCheckpoint())
     folder = tmp_path / "checkpoints"
     assert contents(folder) == ["epoch=0-step=3.ckpt", "last.ckpt", "on_exception.ckpt"]
-    checkpoint = torch.load(folder / "on_exception.ckpt", weights_only=False)
+    checkpoint = torch.load(folder / "on_exception.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4 and checkpoint["epoch"] == 1
     assert {"state_dict", "optimizer_states", "loops", "callbacks", "hyper_parameters"} <= set(checkpoint)
 
@@ -151,7 +151,7 @@ def test_a_fit_resumes_from_the_on_exception_checkpoint_and_removes_it_when_done
     with pytest.raises(SIGTERMException):
         fit(tmp_path, StopAt(step=4), PreemptionCheckpoint())
     on_exception = tmp_path / "checkpoints" / "on_exception.ckpt"
-    resumed = fit(tmp_path, PreemptionCheckpoint(), ckpt_path=on_exception, weights_only=False)
+    resumed = fit(tmp_path, PreemptionCheckpoint(), ckpt_path=on_exception)
     assert resumed.global_step == 6
     assert not on_exception.exists()
 
