@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # torch and torchvision are pinned as a pair: torchvision's compiled operators load only against the torch it was built
 # for (this machine's local CPU build of torch 2.13.0 lacks them: "operator torchvision::nms does not exist").
-# Override for another build, e.g. `make test TORCH_SPEC="torch==2.5.1 torchvision==0.20.1"`; each word is quoted,
+# Override for another build, e.g. `make test TORCH_SPEC="torch==2.6.0 torchvision==0.21.0"`; each word is quoted,
 # so that a spec such as torch>=2.5 is not a shell redirect.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin

@@ -6,6 +6,7 @@ import importlib
 import netrc
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,12 +15,16 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import ActionConfigFile
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_metric import __version__
 from lit_metric.callbacks.pair_miner import PairMiner
+from lit_metric.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
 from lit_metric.module import MetricLearningModule
 
 __all__ = [
@@ -124,6 +129,11 @@ class LitMetricCLI(LightningCLI):
     line (e.g. ``--miner.strategy hard``), and joins the trainer's callbacks; a second one in ``trainer.callbacks``
     is refused when the command line is parsed. After ``fit`` it prints the last validation metrics and where the
     best checkpoint is.
+
+    Checkpoints are written by :class:`~lit_metric.checkpoint.AtomicCheckpointIO` unless ``trainer.plugins`` holds
+    another ``CheckpointIO``, and a ``fit`` that checkpoints also gets a
+    :class:`~lit_metric.checkpoint.PreemptionCheckpoint` unless ``trainer.callbacks`` holds one (or Lightning's
+    ``OnExceptionCheckpoint``): on ``SIGTERM`` it saves ``on_exception.ckpt`` beside ``last.ckpt``.
     """
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -158,6 +168,20 @@ class LitMetricCLI(LightningCLI):
                     "the one miner under `miner:` in a config or with `--miner.*` options, e.g. `--miner.strategy hard`"
                 )
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = _as_list(kwargs.pop("plugins", config.get("plugins")))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        callbacks = _as_list(kwargs.pop("callbacks", config.get("callbacks")))
+        if (
+            self.subcommand == "fit"
+            and config.get("enable_checkpointing") is not False
+            and not any(isinstance(c, (PreemptionCheckpoint, OnExceptionCheckpoint)) for c in callbacks)
+        ):
+            callbacks.append(PreemptionCheckpoint())
+        return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -169,6 +193,13 @@ class LitMetricCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {trainer.checkpoint_callback.best_model_path}")
 
 
+def _as_list(value: Any) -> list:
+    """A trainer argument that takes one object or a list of them, as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _is_pair_miner(class_path: str) -> bool:
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name, None)
@@ -176,8 +207,16 @@ def _is_pair_miner(class_path: str) -> bool:
 
 
 def main() -> None:
-    """Entry point of ``lit-metric`` and ``python -m lit_metric``: runs the command line in ``sys.argv``."""
-    run()
+    """Entry point of ``lit-metric`` and ``python -m lit_metric``: runs the command line in ``sys.argv``.
+
+    A run that ``SIGTERM`` stopped, after saving its checkpoint, exits with status 143 (128 + ``SIGTERM``, what a shell
+    reports for a process that ``SIGTERM`` ended). Lightning's ``SIGTERMException`` is a ``SystemExit`` without a
+    status, which would exit 0: schedulers and ``&&`` chains would take a preempted run for a finished one.
+    """
+    try:
+        run()
+    except SIGTERMException as stop:
+        raise SystemExit(128 + signal.SIGTERM) from stop
 
 
 def run(args: list[str] | None = None) -> LitMetricCLI:

@@ -21,6 +21,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_metric.distributed import first_occurrences, gather_objects
 from lit_metric.functional._checks import check_positive_int
+<<<<<<< HEAD
 from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.retrieval import (
     check_items,
@@ -29,6 +30,10 @@ from lit_metric.functional.retrieval import (
     resolve_roles,
     retrieval_metrics,
 )
+=======
+from lit_metric.functional.retrieval import check_items, check_options, resolve_roles, retrieval_metrics
+from lit_metric.hparams import RecordsArguments
+>>>>>>> ckpt
 
 __all__ = ["RetrievalMetrics"]
 
@@ -37,7 +42,7 @@ _NO_CAMERA = -1
 _COPY_TOLERANCE = 1e-3
 
 
-class RetrievalMetrics(Metric):
+class RetrievalMetrics(RecordsArguments, Metric):
     """Exact retrieval metrics by cosine similarity, leave-one-out or query/gallery with re-ID camera rules.
 
     ``compute`` returns a dict of scalar tensors with keys usable as log names: ``recall@K`` (hit rate),
