@@ -21,7 +21,6 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_metric.distributed import first_occurrences, gather_objects
 from lit_metric.functional._checks import check_positive_int
-<<<<<<< HEAD
 from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.retrieval import (
     check_items,
@@ -30,10 +29,7 @@ from lit_metric.functional.retrieval import (
     resolve_roles,
     retrieval_metrics,
 )
-=======
-from lit_metric.functional.retrieval import check_items, check_options, resolve_roles, retrieval_metrics
 from lit_metric.hparams import RecordsArguments
->>>>>>> ckpt
 
 __all__ = ["RetrievalMetrics"]
 
