@@ -93,6 +93,7 @@ class EmbeddingIndex:
         module_class: type[MetricLearningModule] = MetricLearningModule,
         batch_size: int = 256,
         map_location: str | torch.device = "cpu",
+        weights_only: bool = True,
     ) -> EmbeddingIndex:
         """Load the model of ``checkpoint_path`` and embed ``gallery`` with it.
 
@@ -107,6 +108,9 @@ class EmbeddingIndex:
             module_class: the class to load when the checkpoint does not record one.
             batch_size: images embedded at once.
             map_location: device of the model and the embeddings.
+            weights_only: read the checkpoint as tensors and plain data only, so that a malicious file cannot run
+                code; ``False`` unpickles any object, for trusted files only (see
+                :meth:`~lit_metric.MetricLearningModule.load_from_checkpoint`). Embedding files are always read so.
         """
         path = Path(checkpoint_path)
         if not path.is_file():
@@ -117,7 +121,7 @@ class EmbeddingIndex:
                 "`labels` and `paths` are for a gallery of image tensors; a data set, data loader or file gallery "
                 f"carries its own, got a {type(gallery).__name__} gallery"
             )
-        model = module_class.load_from_checkpoint(path, map_location=map_location)
+        model = module_class.load_from_checkpoint(path, map_location=map_location, weights_only=weights_only)
         if isinstance(gallery, (str, Path)):
             export = load_embeddings(gallery)
             return cls(model, export["embeddings"].to(map_location), export.get("labels"), export.get("paths"))
@@ -168,7 +172,7 @@ class EmbeddingIndex:
 
 def nearest(checkpoint_path: str | Path, gallery: Gallery, images: Tensor, k: int = 5, **kwargs: Any) -> Neighbours:
     """The ``k`` nearest ``gallery`` items of ``(Q, C, H, W)`` ``images``, in one call; see
-    :meth:`EmbeddingIndex.from_checkpoint` for ``gallery`` and ``kwargs``."""
+    :meth:`EmbeddingIndex.from_checkpoint` for ``gallery`` and ``kwargs``, ``weights_only=True`` among them."""
     return EmbeddingIndex.from_checkpoint(checkpoint_path, gallery, **kwargs).search(images, k)
 
 
