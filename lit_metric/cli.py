@@ -193,7 +193,10 @@ class LitMetricCLI(LightningCLI):
         run = _checkpoint_run(config.get("ckpt_path"))
         if trainer.logger is False:
             if trainer.default_root_dir is None:
-                trainer.default_root_dir = str(run if run is not None else _next_version(Path("lightning_logs")))
+                # Absolute, as Lightning's default (the working directory) is: ModelCheckpoint takes back its record
+                # of a resumed run only from a checkpoint folder spelt as before.
+                folder = run if run is not None else _next_version(Path("lightning_logs"))
+                trainer.default_root_dir = str(folder.resolve())
             return
         for logger in _wandb_loggers(trainer):
             args = logger.init_args

@@ -315,7 +315,7 @@ def test_a_run_without_a_logger_keeps_its_files_in_its_own_run_folder_and_resume
     assert (folder / "checkpoints" / "best-epoch01.ckpt").is_file() and (folder / "embeddings.pt").is_file()
     # A new fit gets a folder of its own.
     second = in_workdir(tmp_path, ["fit", *quiet, "--trainer.max_epochs=1"])
-    assert Path(second.trainer.default_root_dir) == Path("lightning_logs/version_1")
+    assert Path(second.trainer.default_root_dir) == (tmp_path / "lightning_logs" / "version_1").resolve()
 
 
 # Preemption: atomic checkpoint files, a checkpoint and a failing status on SIGTERM.
