@@ -3,6 +3,7 @@ normalisation are torchvision's ``transforms.v2``."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 
-__all__ = ["image_size_of", "load_image"]
+__all__ = ["image_size_of", "image_tensor", "load_image"]
 
 # PIL opens 16-bit greyscale PNG, PGM and TIFF files in these modes; "I" also holds 32-bit integers, but PIL scales
 # PGM files of any maxval to the 16-bit range in it, so the 16-bit range is what its pixels mean.
@@ -22,40 +23,58 @@ _QUARTER_TURNS = (5, 6, 7, 8)
 
 
 def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None = None) -> Tensor:
-    """Decode any PIL-readable image file to a ``(channels, H, W)`` uint8 tensor.
+    """Decode any PIL-readable image file to a ``(channels, H, W)`` uint8 tensor, as :func:`image_tensor` says.
+
+    Raises:
+        ValueError: naming ``path`` when PIL cannot decode the file, when it has more pixels than PIL's guard
+            against decompression bombs allows (``PIL.Image.MAX_IMAGE_PIXELS``), or when :func:`image_tensor`
+            refuses its pixels.
+    """
+    with _opened(path) as image:
+        return image_tensor(image, channels, size)
+
+
+def image_tensor(image: Image.Image, channels: int = 1, size: tuple[int, int] | None = None) -> Tensor:
+    """A PIL image as a ``(channels, H, W)`` uint8 tensor, prepared as every lit_metric data set prepares images.
 
     The image is turned upright as its EXIF orientation says (phone and camera photos store it sideways), and
     16-bit greyscale images are rescaled from ``[0, 65535]`` to ``[0, 255]``.
 
     Args:
-        path: the image file.
-        channels: 1 converts to greyscale, 3 to RGB, whatever the file stores (palette, alpha, grey, 16 bits).
-        size: ``(H, W)`` to resize to (bilinear, antialiased); ``None`` keeps the file's size.
+        image: the image.
+        channels: 1 converts to greyscale, 3 to RGB, whatever the image stores (palette, alpha, grey, 16 bits).
+        size: ``(H, W)`` to resize to (bilinear, antialiased); ``None`` keeps the image's size.
 
     Raises:
-        ValueError: naming ``path`` when PIL cannot decode the file, when its pixels are floating point (PIL mode
-            "F"), which have no standard range, or when its 32-bit integer pixels are outside ``[0, 65535]``.
+        ValueError: when the pixels are floating point (PIL mode "F"), which have no standard range, or 32-bit
+            integers outside ``[0, 65535]``.
     """
-    with _opened(path) as image:
-        image = _as_8_bit(ImageOps.exif_transpose(image)).convert("L" if channels == 1 else "RGB")
-        if size is not None and image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        array = np.array(image, dtype=np.uint8)
-    tensor = torch.from_numpy(array)
+    image = _as_8_bit(ImageOps.exif_transpose(image)).convert("L" if channels == 1 else "RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8))
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def image_size_of(path: str | Path) -> tuple[int, int]:
-    """``(H, W)`` of an image file, upright as its EXIF orientation says, from its header alone, without decoding
-    the pixels.
+def image_size_of(path: str | Path, verify: bool = False) -> tuple[int, int]:
+    """``(H, W)`` of an image file, upright as its EXIF orientation says, from its header alone.
+
+    With ``verify``, every pixel is decoded too, so that a file whose header is valid but whose data is truncated
+    or corrupt fails here rather than when it is first drawn; JPEG files are decoded at 1/8 scale, which reads all
+    of their data at a fraction of the cost.
 
     Raises:
-        ValueError: naming ``path`` when PIL does not recognise the file as an image.
+        ValueError: naming ``path`` when PIL does not recognise the file as an image, when it has more pixels than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` allows, or, with ``verify``, when its pixels cannot be decoded or
+            :func:`load_image` would refuse them.
     """
     with _opened(path) as image:
         width, height = image.size
         if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
             width, height = height, width
+        if verify:
+            image.draft(None, (1, 1))
+            _as_8_bit(image).load()
     return height, width
 
 
@@ -76,9 +95,17 @@ def _as_8_bit(image: Image.Image) -> Image.Image:
 @contextmanager
 def _opened(path: str | Path) -> Iterator[Image.Image]:
     """The PIL image of ``path``; any failure to open or decode it, inside the block too, is a ValueError naming
-    ``path``."""
+    ``path``, and so is a file of more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``, which PIL only warns about."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as image:
             yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"cannot read image {str(path)!r}: {error} PIL refuses images of more than PIL.Image.MAX_IMAGE_PIXELS "
+            f"({Image.MAX_IMAGE_PIXELS}) pixels; raise that limit if the file is trusted"
+        ) from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
