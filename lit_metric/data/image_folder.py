@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from lit_metric.data.loaders import eval_loader, pk_train_loader
 from lit_metric.data.samplers import check_pk_labels
-from lit_metric.data.transforms import image_size_of, load_image
+from lit_metric.data.transforms import check_augmentation, image_size_of, load_image
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule", "natural_key", "preprocessing_for", "resolve_root"]
 
@@ -148,7 +148,13 @@ def resolve_root(root: str | Path | None, root_env: str | None) -> Path:
 
 
 def transforms_for(augmentation: nn.Module | None, mean: Sequence[float] | None, std: Sequence[float] | None):
-    """The training and evaluation transform lists: augmentation only in training, normalisation in both."""
+    """The training and evaluation transform lists: augmentation only in training, normalisation in both.
+
+    Raises:
+        ValueError: naming ``mean`` and ``std`` when they do not match or ``std`` is not positive, and naming
+            ``augmentation`` when :func:`~lit_metric.data.transforms.check_augmentation` refuses it.
+    """
+    check_augmentation(augmentation)
     if (mean is None) != (std is None):
         raise ValueError("`mean` and `std` must be given together, or neither")
     normalize = []

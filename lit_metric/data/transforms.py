@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
-from torch import Tensor
+from torch import Tensor, nn
+from torchvision.transforms import v2
 
-__all__ = ["image_size_of", "image_tensor", "load_image"]
+__all__ = ["check_augmentation", "image_size_of", "image_tensor", "load_image"]
 
 # PIL opens 16-bit greyscale PNG, PGM and TIFF files in these modes; "I" also holds 32-bit integers, but PIL scales
 # PGM files of any maxval to the 16-bit range in it, so the 16-bit range is what its pixels mean.
@@ -76,6 +77,66 @@ def image_size_of(path: str | Path, verify: bool = False) -> tuple[int, int]:
             image.draft(None, (1, 1))
             _as_8_bit(image).load()
     return height, width
+
+
+def check_augmentation(augmentation: nn.Module | None) -> None:
+    """Refuse the settings of torchvision ``transforms.v2`` that torchvision accepts but that fail at the first
+    training image or quietly do something else, naming the transform and the argument.
+
+    torchvision itself refuses, naming the argument, a probability ``p`` outside ``[0, 1]``, ``ColorJitter``
+    factors out of range, ``RandomAffine`` translations outside ``[0, 1]`` and scales that are not positive, and
+    ``RandomErasing`` scales outside ``[0, 1]``. Checked here, inside ``Compose``, ``RandomApply``,
+    ``RandomChoice`` and ``RandomOrder`` too:
+
+    - ``RandomCrop``: ``size`` >= 1 and ``padding`` >= 0; ``Pad``: ``padding`` >= 0.
+    - ``RandomResizedCrop``: ``scale``, the area kept, with ``0 < min <= max <= 1``; ``ratio`` with
+      ``0 < min <= max``.
+    - ``RandomErasing``: ``scale`` with ``min <= max``, ``ratio`` with ``0 < min <= max``, and ``value`` in
+      ``[0, 1]``, the range of the images it erases.
+    - ``RandomAffine``: ``scale`` with ``min <= max``.
+
+    Raises:
+        ValueError: naming ``augmentation``, the transform and its argument.
+    """
+    if augmentation is None:
+        return
+    for inner in getattr(augmentation, "transforms", None) or []:
+        check_augmentation(inner)
+    name = type(augmentation).__name__
+    if isinstance(augmentation, v2.RandomCrop):
+        _check_at_least(name, "size", augmentation.size, 1)
+        _check_at_least(name, "padding", augmentation.padding, 0)
+    elif isinstance(augmentation, v2.Pad):
+        _check_at_least(name, "padding", augmentation.padding, 0)
+    elif isinstance(augmentation, v2.RandomResizedCrop):
+        _check_range(name, "scale", augmentation.scale, upper=1)
+        _check_range(name, "ratio", augmentation.ratio)
+    elif isinstance(augmentation, v2.RandomErasing):
+        _check_range(name, "scale", augmentation.scale, lower=None, upper=1)
+        _check_range(name, "ratio", augmentation.ratio)
+        if augmentation.value is not None and not all(0 <= v <= 1 for v in augmentation.value):
+            raise ValueError(
+                f"`augmentation`: {name}'s `value` must be in [0, 1], the range of the images it erases, "
+                f"got {augmentation.value}"
+            )
+    elif isinstance(augmentation, v2.RandomAffine) and augmentation.scale is not None:
+        _check_range(name, "scale", augmentation.scale, lower=None)
+
+
+def _check_at_least(name: str, argument: str, value: object, minimum: int) -> None:
+    """``value``, a number, a sequence of them or ``None`` (unset), is at least ``minimum``."""
+    values = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+    if any(v < minimum for v in values):
+        raise ValueError(f"`augmentation`: {name}'s `{argument}` must be >= {minimum}, got {value}")
+
+
+def _check_range(name: str, argument: str, value: object, lower: float | None = 0, upper: float | None = None) -> None:
+    """``value`` is ``(min, max)`` with ``min <= max``, ``lower < min`` and ``max <= upper`` where those are set."""
+    low, high = value
+    if low > high or (lower is not None and low <= lower) or (upper is not None and high > upper):
+        bounds = f"{lower} < " if lower is not None else ""
+        bounds += "min <= max" + (f" <= {upper}" if upper is not None else "")
+        raise ValueError(f"`augmentation`: {name}'s `{argument}` must be (min, max) with {bounds}, got {tuple(value)}")
 
 
 def _as_8_bit(image: Image.Image) -> Image.Image:
