@@ -93,6 +93,7 @@ class MetricLearningModule(L.LightningModule):
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
         self._default_miner = PairMiner()
+        self._recorded_preprocessing: dict | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         return self.embed(images)
@@ -100,12 +101,14 @@ class MetricLearningModule(L.LightningModule):
     @property
     def preprocessing(self) -> dict | None:
         """How images must be prepared for the network (``channels``, ``image_size``, ``mean``, ``std``), as its
-        ``preprocessing`` attribute says (:class:`~lit_metric.networks.BackboneEmbedder` has one), or ``None``.
+        ``preprocessing`` attribute says (:class:`~lit_metric.networks.BackboneEmbedder` has one), else as the
+        checkpoint it was loaded from records, or ``None``.
 
-        The image data modules take the settings that their config leaves unset from it, and checkpoints record it
-        under ``"preprocessing"``, so that search by example prepares new images the same way.
+        The image data modules take the settings that their config leaves unset from it. Checkpoints record it
+        under ``"preprocessing"``, or, for a network that declares none, the preprocessing of the data module that
+        trained it, so that search by example prepares new images the same way.
         """
-        return getattr(self.embedding_net, "preprocessing", None)
+        return getattr(self.embedding_net, "preprocessing", None) or self._recorded_preprocessing
 
     @property
     def backbone(self) -> nn.Module | None:
@@ -116,8 +119,13 @@ class MetricLearningModule(L.LightningModule):
         return backbone if isinstance(backbone, nn.Module) else None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.preprocessing is not None:
-            checkpoint["preprocessing"] = self.preprocessing
+        datamodule = getattr(self._trainer, "datamodule", None)
+        preprocessing = self.preprocessing or getattr(datamodule, "preprocessing", None)
+        if preprocessing:
+            checkpoint["preprocessing"] = dict(preprocessing)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._recorded_preprocessing = checkpoint.get("preprocessing")
 
     def embed(self, images: Tensor) -> Tensor:
         """``(B, ...)`` images to ``(B, D)`` embeddings; with ``flip_test`` outside training, the sum of the unit
