@@ -52,3 +52,10 @@ def test_backbone_step_benchmark_prints_the_embedder_against_the_classifier():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [row[0].strip() for row in rows] == ["lit_metric", "lit_metric, channels_last", "timm classifier"]
     assert float(rows[2][2]) == 1.0
+
+
+def test_image_checks_benchmark_times_every_kind_of_file():
+    out = run("image_checks.py", "--n", "20", "--repeats", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 20 |")]
+    assert [row[1].strip() for row in rows] == ["JPEG 128x64", "JPEG 256x256", "PNG 256x256"]
+    assert all(float(seconds) >= 0 for row in rows for seconds in row[3:])
