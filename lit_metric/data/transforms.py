@@ -53,8 +53,10 @@ def image_tensor(image: Image.Image, channels: int = 1, size: tuple[int, int] | 
     image = _as_8_bit(ImageOps.exif_transpose(image)).convert("L" if channels == 1 else "RGB")
     if size is not None and image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    tensor = torch.from_numpy(np.array(image, dtype=np.uint8))
-    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+    pixels = np.array(image, dtype=np.uint8)
+    # numpy's transpose copy: torch's permute().contiguous() of uint8 took 26 ms for 256x256x3 on 2 busy cores.
+    pixels = pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    return torch.from_numpy(pixels)
 
 
 def image_size_of(path: str | Path, verify: bool = False) -> tuple[int, int]:
