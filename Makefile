@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 # torch and torchvision are pinned as a pair: torchvision's compiled operators load only against the torch it was built
 # for (this machine's local CPU build of torch 2.13.0 lacks them: "operator torchvision::nms does not exist").
-# Override for another build, e.g. `make test TORCH_SPEC="torch==2.5.1 torchvision==0.20.1"`; each word is quoted,
+# Override for another build, e.g. `make test TORCH_SPEC="torch==2.6.0 torchvision==0.21.0"`; each word is quoted,
 # so that a spec such as torch>=2.5 is not a shell redirect.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 install: $(STAMP)
 
@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/lit-metric fit --config configs/digits.yaml
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/lit-metric fit --config digits
 
 test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
+
+# The site with the API reference, in site/; `make test` builds it too, in strict mode.
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss.py
@@ -32,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/baselines.py
 
 clean:
-	rm -rf $(VENV) lightning_logs wandb runs
+	rm -rf $(VENV) lightning_logs wandb runs site

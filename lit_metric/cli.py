@@ -5,19 +5,65 @@ from __future__ import annotations
 import importlib
 import netrc
 import os
+import re
+import signal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
+import torch
 import yaml
+from jsonargparse import ActionConfigFile
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_metric import __version__
 from lit_metric.callbacks.pair_miner import PairMiner
+from lit_metric.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
 from lit_metric.module import MetricLearningModule
 
-__all__ = ["LitMetricCLI", "main", "run", "wandb_offline_unless_logged_in"]
+__all__ = [
+    "BUNDLED_CONFIGS", "LitMetricCLI", "bundled_config", "bundled_config_names", "main", "run",
+    "wandb_offline_unless_logged_in",
+]
+
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+"""The configs that ship with lit_metric; ``--config NAME`` picks one by name."""
+
+
+def bundled_config_names() -> list[str]:
+    """The names of the bundled configs, e.g. ``digits`` for ``BUNDLED_CONFIGS/digits.yaml``, sorted."""
+    return sorted(path.stem for path in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def bundled_config(value: str) -> str:
+    """The ``--config`` value to read: ``value`` itself when it is a file or a config string, else a bundled config.
+
+    A bare name such as ``digits`` or ``digits.yaml`` names ``BUNDLED_CONFIGS/digits.yaml``. A name or path that is
+    neither a file nor bundled raises a ``TypeError`` that lists the bundled configs.
+    """
+    # A config string holds a colon, braces or brackets; a name or path does not (an existing path returns first).
+    if Path(value).is_file() or not re.fullmatch(r"[^\s:{}\[\]]+", value):
+        return value
+    bundled = BUNDLED_CONFIGS / (value if value.endswith(".yaml") else f"{value}.yaml")
+    if Path(value).name == value and bundled.is_file():
+        return str(bundled)
+    raise TypeError(
+        f"--config {value!r} is neither a file nor a config bundled with lit_metric; "
+        f"bundled: {', '.join(bundled_config_names())}"
+    )
+
+
+class BundledConfigFile(ActionConfigFile):
+    """``--config``: a config file, a config string, or the name of a bundled config (see :func:`bundled_config`)."""
+
+    def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
+        super().__call__(parser, cfg, bundled_config(values) if isinstance(values, str) else values, option_string)
 
 
 def wandb_offline_unless_logged_in() -> None:
@@ -83,7 +129,30 @@ class LitMetricCLI(LightningCLI):
     line (e.g. ``--miner.strategy hard``), and joins the trainer's callbacks; a second one in ``trainer.callbacks``
     is refused when the command line is parsed. After ``fit`` it prints the last validation metrics and where the
     best checkpoint is.
+
+    Checkpoints are written by :class:`~lit_metric.checkpoint.AtomicCheckpointIO` unless ``trainer.plugins`` holds
+    another ``CheckpointIO``, and a ``fit`` that checkpoints also gets a
+    :class:`~lit_metric.checkpoint.PreemptionCheckpoint` unless ``trainer.callbacks`` holds one (or Lightning's
+    ``OnExceptionCheckpoint``): on ``SIGTERM`` it saves ``on_exception.ckpt`` beside ``last.ckpt``.
     """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument(
+            "-c", "--config", action=BundledConfigFile,
+            help=f"A config file in YAML or JSON, or the name of a bundled config: {', '.join(bundled_config_names())}",
+        )
+        return parser
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.parser.add_argument(
+            "--version", action="version",
+            version=f"lit-metric {__version__} (lightning {L.__version__}, torch {torch.__version__})",
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PairMiner, "miner")
@@ -99,6 +168,20 @@ class LitMetricCLI(LightningCLI):
                     "the one miner under `miner:` in a config or with `--miner.*` options, e.g. `--miner.strategy hard`"
                 )
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = _as_list(kwargs.pop("plugins", config.get("plugins")))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        callbacks = _as_list(kwargs.pop("callbacks", config.get("callbacks")))
+        if (
+            self.subcommand == "fit"
+            and config.get("enable_checkpointing") is not False
+            and not any(isinstance(c, (PreemptionCheckpoint, OnExceptionCheckpoint)) for c in callbacks)
+        ):
+            callbacks.append(PreemptionCheckpoint())
+        return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -110,6 +193,13 @@ class LitMetricCLI(LightningCLI):
             rank_zero_info(f"Best checkpoint: {trainer.checkpoint_callback.best_model_path}")
 
 
+def _as_list(value: Any) -> list:
+    """A trainer argument that takes one object or a list of them, as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _is_pair_miner(class_path: str) -> bool:
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name, None)
@@ -117,8 +207,16 @@ def _is_pair_miner(class_path: str) -> bool:
 
 
 def main() -> None:
-    """Entry point of ``lit-metric`` and ``python -m lit_metric``: runs the command line in ``sys.argv``."""
-    run()
+    """Entry point of ``lit-metric`` and ``python -m lit_metric``: runs the command line in ``sys.argv``.
+
+    A run that ``SIGTERM`` stopped, after saving its checkpoint, exits with status 143 (128 + ``SIGTERM``, what a shell
+    reports for a process that ``SIGTERM`` ended). Lightning's ``SIGTERMException`` is a ``SystemExit`` without a
+    status, which would exit 0: schedulers and ``&&`` chains would take a preempted run for a finished one.
+    """
+    try:
+        run()
+    except SIGTERMException as stop:
+        raise SystemExit(128 + signal.SIGTERM) from stop
 
 
 def run(args: list[str] | None = None) -> LitMetricCLI:

@@ -11,11 +11,12 @@ from lit_metric.functional.deviance import (
     cosine_similarity,
 )
 from lit_metric.functional.pairs import Pairs
+from lit_metric.hparams import RecordsArguments
 
 __all__ = ["BinomialDevianceLoss"]
 
 
-class BinomialDevianceLoss(nn.Module):
+class BinomialDevianceLoss(RecordsArguments, nn.Module):
     """Binomial deviance loss of Yi et al. 2014, ``sum(W * ln(1 + exp(-alpha * (S - beta) * M)))``.
 
     ``S`` is the cosine similarity of ``embeddings`` against ``reference_embeddings``; ``M`` and ``W`` come from

@@ -21,14 +21,24 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_metric.distributed import first_occurrences, gather_objects
 from lit_metric.functional._checks import check_positive_int
-from lit_metric.functional.retrieval import check_items, check_options, resolve_roles, retrieval_metrics
+from lit_metric.functional.norms import unit_rows
+from lit_metric.functional.retrieval import (
+    check_items,
+    check_options,
+    metric_names,
+    resolve_roles,
+    retrieval_metrics,
+)
+from lit_metric.hparams import RecordsArguments
 
 __all__ = ["RetrievalMetrics"]
 
 _NO_CAMERA = -1
+# Copies of an item embedded in different batches differ in the last bits, as other batch shapes take other kernels.
+_COPY_TOLERANCE = 1e-3
 
 
-class RetrievalMetrics(Metric):
+class RetrievalMetrics(RecordsArguments, Metric):
     """Exact retrieval metrics by cosine similarity, leave-one-out or query/gallery with re-ID camera rules.
 
     ``compute`` returns a dict of scalar tensors with keys usable as log names: ``recall@K`` (hit rate),
@@ -37,8 +47,9 @@ class RetrievalMetrics(Metric):
     :func:`~lit_metric.functional.retrieval.retrieval_metrics` for the protocol.
 
     Args:
-        metrics: names from ``("recall", "precision", "map_at_r", "r_precision", "map", "cmc")``. ``map`` sorts
-            the full gallery for every query, ``O(N^2 log N)``; the others need only nearest neighbours.
+        metrics: names from ``("recall", "precision", "map_at_r", "r_precision", "map", "cmc")``, or one name.
+            ``map`` sorts the full gallery for every query, ``O(N^2 log N)``; the others need only nearest
+            neighbours.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``; each must be at most the gallery size.
         chunk_size: blocks of similarities hold at most ``chunk_size**2`` values (256 MB in float32 at the
             default; the search holds up to three); larger blocks make the matrix products more efficient, and
@@ -52,13 +63,13 @@ class RetrievalMetrics(Metric):
 
     def __init__(
         self,
-        metrics: Sequence[str] = ("recall", "precision", "map_at_r", "r_precision", "cmc"),
+        metrics: str | Sequence[str] = ("recall", "precision", "map_at_r", "r_precision", "cmc"),
         k: Sequence[int] = (1, 2, 4, 8),
         chunk_size: int = 8192,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        metrics, k = tuple(metrics), tuple(k)  # read twice below, so a generator must not be used up by the check
+        metrics, k = metric_names(metrics), tuple(k)  # read twice: a generator must not be used up by the check
         check_options(metrics, k)
         check_positive_int("chunk_size", chunk_size)
         self.metrics = metrics
@@ -113,9 +124,10 @@ class RetrievalMetrics(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Metrics over every stored item, once per dataset index; see the class docstring for the keys."""
-        if len(self.indexes) == 0:
-            raise ValueError("`update` must be called with at least one item before `compute`")
-        indexes = _concatenated(self.indexes)
+        indexes = _concatenated(self.indexes) if len(self.indexes) else None
+        if indexes is None or len(indexes) == 0:
+            got = "no update" if indexes is None else "updates without items"
+            raise ValueError(f"`update` must be called with at least one item before `compute`, got {got}")
         first = first_occurrences(indexes)
         positions = torch.arange(len(indexes), device=indexes.device)
         unique = torch.equal(first, positions)
@@ -177,7 +189,9 @@ class RetrievalMetrics(Metric):
 
     def _check_copies(self, indexes: Tensor, first: Tensor) -> None:
         """Items with equal index must be copies, as DistributedSampler pads them in: colliding indexes of different
-        items would otherwise silently drop all but one of them."""
+        items would otherwise silently drop all but one of them. Copies embedded in different batches may differ in
+        the last bits, so their embeddings need only point the same way: their unit rows, all that the metrics see
+        of them, within ``_COPY_TOLERANCE`` or 8 units of the embeddings' precision of each other."""
         copy_of = first[torch.unique(indexes, return_inverse=True)[1]]
         for name in ("labels", "is_query", "is_gallery", "cameras"):
             values = _concatenated(getattr(self, name))
@@ -188,6 +202,18 @@ class RetrievalMetrics(Metric):
                     f"items with equal `indexes` must be copies of one item, got two with index {index} and different "
                     f"`{name}`"
                 )
+        embeddings = _concatenated(self.embeddings)
+        copies = (copy_of != torch.arange(len(indexes), device=indexes.device)).nonzero().squeeze(1)
+        copy, original = (unit_rows(embeddings[rows], torch.float32) for rows in (copies, copy_of[copies]))
+        distance = torch.linalg.vector_norm(copy - original, dim=1)
+        tolerance = max(_COPY_TOLERANCE, 8 * torch.finfo(embeddings.dtype).eps)
+        worst = int(distance.argmax())
+        if distance[worst] > tolerance:
+            raise ValueError(
+                f"items with equal `indexes` must be copies of one item, got two with index "
+                f"{int(indexes[copies[worst]])} and `embeddings` whose unit rows are {float(distance[worst]):.3g} "
+                f"apart, more than the {tolerance:.3g} that copies from different batches may differ by"
+            )
 
 
 def _concatenated(states: list[Tensor] | Tensor) -> Tensor:

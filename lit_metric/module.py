@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+from typing import IO, Any
+
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins import HyperparametersMixin
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters, _given_hyperparameters_context
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau, SequentialLR
+from typing_extensions import Self
 
 from lit_metric.callbacks.pair_miner import PairMiner
 from lit_metric.distributed import gather_rows, gather_rows_with_grad, gather_sizes, rank, world_size
 from lit_metric.functional.deviance import cosine_similarity
+from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.pairs import Pairs
+from lit_metric.hparams import Unrecorded, as_config
 from lit_metric.losses import BinomialDevianceLoss
 from lit_metric.metrics import RetrievalMetrics
 
@@ -22,6 +31,9 @@ __all__ = ["MetricLearningModule"]
 # The constructor arguments that set a torch schedule's length, in scheduler steps: CosineAnnealingLR's, and
 # LinearLR's, PolynomialLR's and ConstantLR's.
 SCHEDULE_LENGTHS = ("T_max", "total_iters")
+
+# The module arguments that a checkpoint cannot do without: when one cannot be recorded, loading asks for it.
+REQUIRED_ON_LOAD = ("embedding_net", "criterion")
 
 
 class MetricLearningModule(L.LightningModule):
@@ -51,6 +63,13 @@ class MetricLearningModule(L.LightningModule):
             (``T_max``, or ``total_iters``), whatever the config says, is set to them.
         warmup_start_factor: the first warm-up epoch's share of the learning rate, in ``(0, 1]``.
 
+    Checkpoints hold the arguments as plain data, so that :meth:`load_from_checkpoint` rebuilds the module with
+    ``weights_only=True``: the config that LightningCLI built it from, or, for a module built in Python, what
+    :func:`~lit_metric.hparams.as_config` records of each argument (lit_metric's networks, criteria and metrics,
+    optimizer and scheduler classes and ``functools.partial`` factories of them). An ``embedding_net`` or
+    ``criterion`` that cannot be recorded must be passed to :meth:`load_from_checkpoint`; other such arguments are
+    left out, and load as their defaults unless passed.
+
     The optimizer sees ``self.parameters()`` as before unless ``backbone_lr_multiplier`` or
     ``decay_norms_and_biases`` asks for parameter groups (:meth:`parameter_groups`). Schedulers step every epoch.
     Freezing the backbone for the first epochs is the job of the :class:`~lit_metric.callbacks.BackboneFreeze`
@@ -78,7 +97,7 @@ class MetricLearningModule(L.LightningModule):
             raise ValueError(f"`warmup_epochs` must be a non-negative integer, got {warmup_epochs!r}")
         if not 0 < warmup_start_factor <= 1:
             raise ValueError(f"`warmup_start_factor` must be in (0, 1], got {warmup_start_factor}")
-        self.save_hyperparameters()
+        self._save_hyperparameters()
         self.embedding_net = embedding_net
         self.criterion = criterion if criterion is not None else BinomialDevianceLoss()
         self.optimizer_factory = optimizer
@@ -94,6 +113,53 @@ class MetricLearningModule(L.LightningModule):
         self.test_metrics = metrics.clone()
         self._default_miner = PairMiner()
         self._recorded_preprocessing: dict | None = None
+
+    def _save_hyperparameters(self) -> None:
+        """Saves the arguments of ``__init__`` (a subclass's included) as plain data, which ``weights_only`` reads."""
+        if _given_hyperparameters.get() is not None:
+            # LightningCLI is building the module and gives the config it builds it from.
+            self.save_hyperparameters()
+            return
+        hparams = {}
+        for arguments in collect_init_args(inspect.currentframe().f_back, [], classes=(HyperparametersMixin,)):
+            for name, value in arguments.items():
+                try:
+                    hparams[name] = as_config(value)
+                except ValueError:
+                    if name in REQUIRED_ON_LOAD:
+                        hparams[name] = Unrecorded.config(name, value)
+        # Lightning's loader rebuilds the arguments from these configs as it does for LightningCLI's, and nothing
+        # unpicklable reaches the hyperparameters, so no "is an instance of nn.Module" warning either.
+        with _given_hyperparameters_context(hparams, instantiator="lightning.pytorch.cli.instantiate_module"):
+            self.save_hyperparameters()
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path | IO,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's :meth:`~lightning.pytorch.LightningModule.load_from_checkpoint`, reading the file with
+        ``weights_only=True`` unless told otherwise.
+
+        Args:
+            checkpoint_path: a checkpoint of this class or a subclass, a path, URL or file object.
+            map_location: where the tensors go, as for :func:`torch.load`.
+            hparams_file: a YAML or CSV file of hyperparameters that replaces the checkpoint's.
+            strict: whether the checkpoint's state dict must match the module's keys exactly.
+            weights_only: read only tensors and plain data, so that a malicious file cannot run code; ``False``
+                unpickles any object, which only a checkpoint of a trusted source may be, e.g. an old checkpoint
+                that pickled its network into its hyperparameters.
+            kwargs: arguments of ``__init__`` that replace the checkpoint's, e.g. ``embedding_net=MyNet()`` for a
+                network the checkpoint could not record.
+        """
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only=weights_only, **kwargs
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.embed(images)
@@ -126,6 +192,16 @@ class MetricLearningModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._recorded_preprocessing = checkpoint.get("preprocessing")
+        if self._trainer is None:
+            # Just built by load_from_checkpoint from these hyperparameters: keep their records of the arguments that
+            # the rebuilt objects cannot record (LightningCLI's optimizer factories, a config's own classes), so that
+            # the module's next checkpoint rebuilds the same.
+            for name, value in checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY, {}).items():
+                if name not in self.hparams:
+                    try:
+                        self.hparams[name] = as_config(value)
+                    except ValueError:
+                        pass  # an unrecordable argument given to load_from_checkpoint stays unrecorded
 
     def embed(self, images: Tensor) -> Tensor:
         """``(B, ...)`` images to ``(B, D)`` embeddings; with ``flip_test`` outside training, the sum of the unit
@@ -134,7 +210,7 @@ class MetricLearningModule(L.LightningModule):
         if self.flip_test and not self.training:
             mirrored = self.embedding_net(images.flip(-1))
             # Unit rows first, so that neither view outweighs the other in the cosine of the sum.
-            embeddings = F.normalize(embeddings, dim=1) + F.normalize(mirrored, dim=1)
+            embeddings = unit_rows(embeddings) + unit_rows(mirrored)
         return embeddings
 
     def gather_reference(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from lit_metric.functional._checks import check_positive_int
+from lit_metric.hparams import RecordsArguments
 
 __all__ = ["BackboneEmbedder", "ConvEmbedder", "GeM", "PartEmbedder", "load_state_dict_file", "part_rows"]
 
 
-class ConvEmbedder(nn.Module):
+class ConvEmbedder(RecordsArguments, nn.Module):
     """Stacked ``conv3x3 -> BatchNorm -> ReLU -> max-pool`` blocks, global average pooling and a linear head.
 
     With the defaults it suits 8x8 digits (three blocks take 8x8 to 1x1); more channels or blocks suit larger
@@ -84,7 +85,7 @@ def part_rows(height: int, parts: int, part_height: int) -> list[int]:
     return [round(i * (height - part_height) / (parts - 1)) for i in range(parts)]
 
 
-class PartEmbedder(nn.Module):
+class PartEmbedder(RecordsArguments, nn.Module):
     """The part-based network of Yi et al. 2014: overlapping horizontal parts, a conv tower each, one embedding.
 
     A pedestrian image is cut into ``parts`` horizontal bands of ``part_height`` rows, spread evenly over its height
@@ -170,7 +171,7 @@ class GeM(nn.Module):
         return pooled.pow(1 / self.p).to(features.dtype)
 
 
-class BackboneEmbedder(nn.Module):
+class BackboneEmbedder(RecordsArguments, nn.Module):
     """Any timm model, pooled and projected to an embedding: ``backbone -> pooling -> head``.
 
     The backbone is ``timm.create_model(name, num_classes=0, global_pool="")``: the model without its classifier

@@ -103,6 +103,7 @@ class EmbeddingIndex:
         module_class: type[MetricLearningModule] = MetricLearningModule,
         batch_size: int = 256,
         map_location: str | torch.device = "cpu",
+        weights_only: bool = True,
     ) -> EmbeddingIndex:
         """Load the model of ``checkpoint_path`` and embed ``gallery`` with it.
 
@@ -117,6 +118,9 @@ class EmbeddingIndex:
             module_class: the class to load when the checkpoint does not record one.
             batch_size: images embedded at once.
             map_location: device of the model and the embeddings.
+            weights_only: read the checkpoint as tensors and plain data only, so that a malicious file cannot run
+                code; ``False`` unpickles any object, for trusted files only (see
+                :meth:`~lit_metric.MetricLearningModule.load_from_checkpoint`). Embedding files are always read so.
         """
         path = Path(checkpoint_path)
         if not path.is_file():
@@ -127,7 +131,7 @@ class EmbeddingIndex:
                 "`labels` and `paths` are for a gallery of image tensors; a data set, data loader or file gallery "
                 f"carries its own, got a {type(gallery).__name__} gallery"
             )
-        model = module_class.load_from_checkpoint(path, map_location=map_location)
+        model = module_class.load_from_checkpoint(path, map_location=map_location, weights_only=weights_only)
         if isinstance(gallery, (str, Path)):
             export = load_embeddings(gallery)
             return cls(model, export["embeddings"].to(map_location), export.get("labels"), export.get("paths"))
@@ -195,7 +199,8 @@ def nearest(
     **kwargs: Any,
 ) -> Neighbours:
     """The ``k`` nearest ``gallery`` items of each query image, in one call; see :meth:`EmbeddingIndex.search` for
-    ``images`` and ``preprocess``, and :meth:`EmbeddingIndex.from_checkpoint` for ``gallery`` and ``kwargs``."""
+    ``images`` and ``preprocess``, and :meth:`EmbeddingIndex.from_checkpoint` for ``gallery`` and ``kwargs``,
+    ``weights_only=True`` among them."""
     return EmbeddingIndex.from_checkpoint(checkpoint_path, gallery, **kwargs).search(images, k, preprocess)
 
 
@@ -235,7 +240,8 @@ def prepare_images(images: Queries, preprocessing: Mapping[str, Any] | None, nam
         images: one image or a batch of them, each
 
             - an image file path or a PIL image;
-            - a numpy array ``(H, W, C)`` or ``(H, W)``, as PIL, imageio and matplotlib give them, or ``(Q, H, W, C)``;
+            - a numpy array ``(H, W, C)`` or ``(H, W)``, as PIL, imageio and matplotlib give them, or
+              ``(Q, H, W, C)``;
             - a tensor ``(C, H, W)`` or ``(H, W)``, as torchvision gives them, or ``(Q, C, H, W)``;
             - or a list of single images of these forms.
 
@@ -313,7 +319,9 @@ def _as_pil(pixels: np.ndarray | Tensor, where: str) -> Image.Image:
             )
         pixels = np.rint(pixels * 255).astype(np.uint8)  # 8 bits, as an image file stores them
     elif pixels.dtype != np.uint8:
-        raise ValueError(f"{where} must hold uint8 pixels (0-255) or floating-point ones (0-1), got dtype {pixels.dtype}")
+        raise ValueError(
+            f"{where} must hold uint8 pixels (0-255) or floating-point ones (0-1), got dtype {pixels.dtype}"
+        )
     return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
 
 

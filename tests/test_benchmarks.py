@@ -1,5 +1,5 @@
-"""The benchmark scripts run end to end at toy sizes and print their tables, so that the commands the README quotes
-keep working. Their timings mean nothing here; the README's figures come from full runs on a quiet machine."""
+"""The benchmark scripts run end to end at toy sizes and print their tables, so that the commands that the README and
+docs/benchmarks.md quote keep working. Their timings mean nothing here; the figures there come from full runs."""
 
 import subprocess
 import sys

@@ -1,5 +1,6 @@
 """Specification of the ``lit-metric`` command: fit from a config, then validate, test and predict a checkpoint."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from lightning.fabric.plugins import TorchCheckpointIO
 
+import lit_metric
 from lit_metric import PairMiner
-from lit_metric.cli import LitMetricCLI, run, wandb_offline_unless_logged_in
+from lit_metric.checkpoint import AtomicCheckpointIO, PreemptionCheckpoint
+from lit_metric.cli import BUNDLED_CONFIGS, LitMetricCLI, bundled_config_names, run, wandb_offline_unless_logged_in
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
 SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
@@ -111,6 +115,54 @@ def test_a_second_miner_in_the_trainer_callbacks_is_refused_when_the_command_lin
     assert not instantiated, "nothing is built or set up"
 
 
+def printed_config(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", *args, "--print_config"])
+    printed = capsys.readouterr()
+    assert exit_info.value.code in (None, 0), printed.err[-2000:]
+    return printed.out
+
+
+@pytest.mark.parametrize("name", ["digits", "digits.yaml"])
+def test_a_bundled_config_is_found_by_name_from_any_folder(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    by_path = printed_config(capsys, "--config", str(BUNDLED_CONFIGS / "digits.yaml"))
+    assert printed_config(capsys, "--config", name) == by_path
+    assert "class_path: lit_metric.data.DigitsDataModule" in by_path
+
+
+def test_bundled_overlays_stack_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    printed = printed_config(capsys, "--config", "digits", "--config", "predict")
+    assert "class_path: lit_metric.EmbeddingWriter" in printed
+
+
+@pytest.mark.parametrize("value", ["digit", "digits.yml", "configs/nothing.yaml"])
+def test_a_config_that_is_neither_a_file_nor_bundled_is_refused_with_the_bundled_names(value, tmp_path, monkeypatch,
+                                                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", value])
+    error = capsys.readouterr().err
+    assert f"--config {value!r} is neither a file nor a config bundled with lit_metric" in error
+    assert f"bundled: {', '.join(bundled_config_names())}" in error
+    assert {"digits", "att_faces", "wandb"} <= set(bundled_config_names())
+
+
+def test_a_file_in_the_working_directory_wins_over_a_bundled_config_of_the_same_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits.yaml").write_text((BUNDLED_CONFIGS / "digits.yaml").read_text().replace("seed_everything: 0",
+                                                                                               "seed_everything: 7"))
+    assert "seed_everything: 7" in printed_config(capsys, "--config", "digits.yaml")
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"lit-metric {lit_metric.__version__} (lightning ")
+
+
 def test_console_script_exits_zero_after_a_run(tmp_path):
     script = Path(sys.executable).with_name("lit-metric")
     result = subprocess.run(
@@ -153,3 +205,66 @@ def test_wandb_goes_offline_without_an_api_key(env, netrc, mode, expected, tmp_p
     monkeypatch.setenv("HOME", str(tmp_path))
     wandb_offline_unless_logged_in()
     assert __import__("os").environ.get("WANDB_MODE") == expected
+
+
+# Preemption: atomic checkpoint files, a checkpoint and a failing status on SIGTERM.
+
+
+def test_fit_writes_checkpoints_atomically_and_saves_one_beside_last_ckpt_on_an_exception(fitted):
+    _, cli = fitted
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    (preemption,) = [c for c in cli.trainer.callbacks if isinstance(c, PreemptionCheckpoint)]
+    assert preemption.dirpath is None, "it follows the ModelCheckpoint's folder"
+
+
+def test_the_user_s_plugins_are_kept_and_their_checkpoint_io_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fast = ["fit", "--config", CONFIG, "--trainer.fast_dev_run=true", "--trainer.logger=false"]
+    environment = "lightning.pytorch.plugins.environments.LightningEnvironment"
+    cli = run([*fast, f"--trainer.plugins={environment}"])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert type(cli.trainer._accelerator_connector.cluster_environment).__name__ == "LightningEnvironment"
+    cli = run([*fast, "--trainer.plugins=lightning.fabric.plugins.TorchCheckpointIO"])
+    assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
+
+
+def test_only_a_fit_that_checkpoints_gets_an_on_exception_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run(["fit", "--config", CONFIG, "--trainer.fast_dev_run=true", "--trainer.logger=false",
+               "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]"])
+    assert not [c for c in cli.trainer.callbacks if isinstance(c, PreemptionCheckpoint)]
+
+
+SIGTERM_AT = '''
+import os, signal
+import lightning as L
+
+class SigtermAt(L.Callback):
+    """Sends this process a SIGTERM after the training batch of global step `step`, as a scheduler would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+'''
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_fails_the_command(tmp_path, monkeypatch):
+    (tmp_path / "sigterm_at.py").write_text(SIGTERM_AT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    args = ["fit", "--config", CONFIG, "--trainer.logger=false", "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=3", "--trainer.enable_progress_bar=false"]
+    stop = '--trainer.callbacks+={"class_path": "sigterm_at.SigtermAt", "init_args": {"step": 4}}'
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_metric", *args, stop], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert result.returncode == 143, result.stderr[-2000:]
+    folder = tmp_path / "checkpoints"
+    saved = torch.load(folder / "on_exception.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and saved["epoch"] == 1 and saved["optimizer_states"]
+    monkeypatch.chdir(tmp_path)
+    resumed = run([*args, f"--ckpt_path={folder / 'on_exception.ckpt'}"])
+    assert resumed.trainer.global_step == 6
+    assert sorted(path.name for path in folder.iterdir()) == ["best-epoch01.ckpt", "last.ckpt"]

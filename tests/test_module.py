@@ -1,6 +1,9 @@
 """Specification of MetricLearningModule: the steps of training, evaluation and prediction, and subclassing."""
 
+import functools
 import math
+import pickle
+import warnings
 from types import SimpleNamespace
 
 import lightning as L
@@ -19,6 +22,7 @@ from lit_metric import (
 )
 from lit_metric.data import TensorImageDataset
 from lit_metric.functional import binomial_deviance, cosine_similarity
+from lit_metric.hparams import RecordsArguments
 
 
 def tiny_batch(classes=4, per_class=3, seed=0):
@@ -121,6 +125,24 @@ def test_flip_test_embeds_an_image_and_its_mirror_image_outside_training():
     torch.testing.assert_close(module.embed(images), plain)
 
 
+class Scaled(torch.nn.Module):
+    def __init__(self, net, scale):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, images):
+        return self.net(images) * self.scale
+
+
+@pytest.mark.parametrize("scale", [2.0**-100, 2.0**100])
+def test_flip_test_sums_the_unit_embeddings_at_any_magnitude(scale):
+    # F.normalize left rows below its eps (1e-12) shorter than 1, and made rows from 1e19 on zero in float32.
+    module, images = tiny_module(flip_test=True).eval(), tiny_batch()["image"]
+    expected = module.embed(images)
+    module.embedding_net = Scaled(module.embedding_net, scale)
+    assert torch.equal(module.embed(images), expected)
+
+
 def test_validation_and_test_log_the_retrieval_metrics():
     batch = tiny_batch()
     module = tiny_module(metrics=RetrievalMetrics(k=[1, 2]))
@@ -195,14 +217,138 @@ def test_a_batch_needs_one_label_per_image(labels):
         tiny_module().training_step(batch, 0)
 
 
-def test_a_checkpoint_of_a_module_built_in_python_loads_with_its_objects(tmp_path):
-    module = tiny_module(criterion=BinomialDevianceLoss(alpha=3.0))
+def checkpoint_of(module, tmp_path, batch=None):
+    """The checkpoint of one training step of ``module``."""
     trainer = tiny_trainer(max_steps=1, enable_checkpointing=True, default_root_dir=tmp_path)
-    trainer.fit(module, loader(tiny_batch()))
-    loaded = MetricLearningModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path, weights_only=False)
-    assert loaded.criterion.alpha == 3.0
+    trainer.fit(module, loader(batch if batch is not None else tiny_batch()))
+    return trainer.checkpoint_callback.best_model_path
+
+
+def assert_same_weights(loaded, module):
+    assert loaded.state_dict().keys() == module.state_dict().keys()
     for name, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value)
+
+
+def test_a_checkpoint_of_a_module_built_in_python_loads_with_weights_only_and_its_objects(tmp_path):
+    module = tiny_module(
+        criterion=BinomialDevianceLoss(alpha=3.0),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2),
+        metrics=RetrievalMetrics(k=(1, 3)),
+    )
+    path = checkpoint_of(module, tmp_path)
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert hparams["embedding_net"] == {
+        "class_path": "lit_metric.networks.ConvEmbedder",
+        "init_args": {"in_channels": 1, "embedding_dim": 8, "channels": [8, 16], "dropout": 0.0},
+    }
+    loaded = MetricLearningModule.load_from_checkpoint(path)
+    assert type(loaded.embedding_net) is ConvEmbedder and loaded.criterion.alpha == 3.0
+    assert loaded.val_metrics.k == (1, 3)
+    optimizer = loaded.optimizer_factory(loaded.parameters())
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.1
+    assert loaded.scheduler_factory(optimizer).step_size == 2
+    assert_same_weights(loaded, module)
+
+
+def test_construction_and_loading_warn_of_nothing(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module = tiny_module(criterion=BinomialDevianceLoss(alpha=3.0))
+    path = checkpoint_of(module, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MetricLearningModule.load_from_checkpoint(path)
+
+
+class Flatten(torch.nn.Module):
+    """A user's network that lit_metric cannot record."""
+
+    def __init__(self, pixels=64, dim=8):
+        super().__init__()
+        self.linear = torch.nn.Linear(pixels, dim)
+
+    def forward(self, images):
+        return self.linear(images.flatten(1))
+
+
+class RecordedFlatten(RecordsArguments, Flatten):
+    """The same network, recording the arguments it is built with."""
+
+
+class LossWithTensor(BinomialDevianceLoss):
+    def __init__(self, weights=torch.ones(2)):
+        super().__init__()
+
+
+def test_a_network_that_cannot_be_recorded_is_asked_for_by_name_on_load(tmp_path):
+    torch.manual_seed(0)
+    module = MetricLearningModule(Flatten())
+    path = checkpoint_of(module, tmp_path)
+    with pytest.raises(ValueError, match=r"`embedding_net`: .*test_module\.Flatten.*embedding_net=\.\.\."):
+        MetricLearningModule.load_from_checkpoint(path)
+    loaded = MetricLearningModule.load_from_checkpoint(path, embedding_net=Flatten())
+    assert_same_weights(loaded, module)
+
+
+def test_a_criterion_that_cannot_be_recorded_is_asked_for_by_name_on_load(tmp_path):
+    path = checkpoint_of(tiny_module(criterion=LossWithTensor()), tmp_path)
+    with pytest.raises(ValueError, match="`criterion`: .*LossWithTensor"):
+        MetricLearningModule.load_from_checkpoint(path)
+    assert type(MetricLearningModule.load_from_checkpoint(path, criterion=LossWithTensor()).criterion) is LossWithTensor
+
+
+def test_a_user_network_that_records_its_arguments_loads_without_being_passed(tmp_path):
+    torch.manual_seed(0)
+    module = MetricLearningModule(RecordedFlatten(dim=5))
+    loaded = MetricLearningModule.load_from_checkpoint(checkpoint_of(module, tmp_path))
+    assert type(loaded.embedding_net) is RecordedFlatten and loaded.embedding_net.linear.out_features == 5
+    assert_same_weights(loaded, module)
+
+
+class ScaledModule(MetricLearningModule):
+    """A user's subclass with an argument of its own."""
+
+    def __init__(self, embedding_net, scale: float = 1.0, **kwargs):
+        super().__init__(embedding_net, **kwargs)
+        self.scale = scale
+
+
+def test_a_subclass_s_own_arguments_are_recorded_with_the_module_s(tmp_path):
+    torch.manual_seed(0)
+    path = checkpoint_of(ScaledModule(ConvEmbedder(embedding_dim=8, channels=(8,)), scale=3.0, flip_test=True), tmp_path)
+    loaded = ScaledModule.load_from_checkpoint(path)
+    assert loaded.scale == 3.0 and loaded.flip_test
+
+
+def test_an_optimizer_that_cannot_be_recorded_is_left_out_and_loads_as_the_default(tmp_path):
+    module = tiny_module(optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+    path = checkpoint_of(module, tmp_path)
+    assert "optimizer" not in torch.load(path, weights_only=True)["hyper_parameters"]
+    loaded = MetricLearningModule.load_from_checkpoint(path)
+    assert type(loaded.optimizer_factory(loaded.parameters())) is torch.optim.Adam
+
+
+def test_a_loaded_module_records_what_its_checkpoint_recorded(tmp_path):
+    module = tiny_module(optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    first = checkpoint_of(module, tmp_path / "first")
+    loaded = MetricLearningModule.load_from_checkpoint(first)
+    # LightningCLI's parser rebuilds the optimizer as a factory of its own, which records nothing by itself.
+    second = checkpoint_of(loaded, tmp_path / "second")
+    assert torch.load(second, weights_only=True)["hyper_parameters"]["optimizer"] == {
+        "class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.1}
+    }
+
+
+def test_an_old_checkpoint_with_pickled_objects_loads_only_when_trusted(tmp_path):
+    module = tiny_module()
+    path = tmp_path / "old.ckpt"
+    hparams = {"embedding_net": module.embedding_net}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.5.0"}, path)
+    with pytest.raises(pickle.UnpicklingError, match="ConvEmbedder"):
+        MetricLearningModule.load_from_checkpoint(path)
+    assert_same_weights(MetricLearningModule.load_from_checkpoint(path, weights_only=False), module)
 
 
 class DotProductModule(MetricLearningModule):
@@ -231,7 +377,7 @@ def test_a_checkpoint_records_the_network_s_preprocessing(tmp_path):
     module = MetricLearningModule(BackboneEmbedder("test_resnet", embedding_dim=8, image_size=(16, 16)))
     trainer = tiny_trainer(max_steps=1, enable_checkpointing=True, default_root_dir=tmp_path)
     trainer.fit(module, loader(rgb_batch()))
-    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
     assert checkpoint["preprocessing"] == {"channels": 3, "image_size": [16, 16], "mean": [0.5] * 3, "std": [0.5] * 3}
 
 

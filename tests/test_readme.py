@@ -1,4 +1,5 @@
-"""The README is the user's manual: every Python example in it runs, and every command it shows exists."""
+"""The README is the user's manual: short, every Python example in it runs, and every command and config it shows
+exists."""
 
 import re
 import shlex
@@ -7,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from lit_metric.cli import run
+from lit_metric.cli import bundled_config_names, run
 from lit_metric.data import DigitsDataModule
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
-PROGRAMS = {"make", "lit-metric", "lit-metric-protocol", "python", "wandb", "torchrun", "srun"}
+PROGRAMS = {"make", "pip", "lit-metric", "lit-metric-protocol", "python", "wandb", "torchrun", "srun"}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,15 @@ def test_python_examples_run(source, user_files, monkeypatch):
     exec(compile(source, "README.md", "exec"), namespace)
 
 
+def test_the_readme_is_a_manual_of_at_most_15_kib():
+    assert len(README.encode()) <= 15 * 1024
+
+
 def test_every_config_the_readme_names_exists():
     for config in set(re.findall(r"(?:benchmarks/)?configs/[\w.]+\.yaml", README)):
         assert (ROOT / config).is_file(), config
+    names = set(re.findall(r"--config (\w+)", README))
+    assert names and names <= set(bundled_config_names()), names - set(bundled_config_names())
 
 
 def test_the_commands_shown_are_make_targets_or_installed_programs():
@@ -54,3 +61,11 @@ def test_the_commands_shown_are_make_targets_or_installed_programs():
             assert words[0] in PROGRAMS, line
             if words[0] == "make":
                 assert re.search(rf"^{words[1]}:", makefile, flags=re.M), line
+
+
+def test_the_table_of_contents_links_to_headings():
+    # GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens.
+    headings = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+                for heading in re.findall(r"^#+ (.+)$", README, flags=re.M)}
+    anchors = set(re.findall(r"\]\(#([^)]+)\)", README))
+    assert anchors and anchors <= headings, anchors - headings

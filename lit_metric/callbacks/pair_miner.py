@@ -156,12 +156,19 @@ class PairMiner(L.Callback):
         Returns:
             :class:`~lit_metric.functional.Pairs` with ``(B, R)`` masks.
         """
-        if similarity.shape != (labels.shape[0], reference_labels.shape[0]):
-            raise ValueError(
-                f"`similarity` must have shape (len(labels), len(reference_labels)) = "
-                f"({labels.shape[0]}, {reference_labels.shape[0]}), got {tuple(similarity.shape)}"
-            )
+        if similarity.ndim != 2:
+            raise ValueError(f"`similarity` must have shape (B, R), got shape {tuple(similarity.shape)}")
         check_pair_labels(labels, reference_labels, anchor_index)
+        rows, columns = similarity.shape
+        for name, x, size, axis in (
+            ("labels", labels, rows, "row"),
+            ("reference_labels", reference_labels, columns, "column"),
+        ):
+            if len(x) != size:
+                raise ValueError(
+                    f"`{name}` must hold one label per {axis} of `similarity` {tuple(similarity.shape)}, "
+                    f"got shape {tuple(x.shape)}"
+                )
         similarity = similarity.detach()
         positive = torch.empty(similarity.shape, dtype=torch.bool, device=similarity.device)
         negative = torch.empty_like(positive)

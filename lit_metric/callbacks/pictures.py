@@ -24,6 +24,7 @@ from torch import Tensor
 from lit_metric.distributed import gather_in_dataset_order
 from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.knn import cosine_knn
+from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.retrieval import exclusion_keys, resolve_roles
 
 __all__ = ["RetrievalPictures", "draw_projection", "draw_retrieval_grid", "project_2d", "retrieval_examples"]
@@ -228,7 +229,7 @@ def draw_retrieval_grid(
 
 def project_2d(embeddings: Tensor, method: Literal["pca", "tsne"] = "pca", seed: int = 0) -> Tensor:
     """``(N, D)`` embeddings to ``(N, 2)`` points, after L2 normalisation (the geometry cosine retrieval sees)."""
-    x = F.normalize(embeddings.float(), dim=1)
+    x = unit_rows(embeddings, torch.float32)
     if method == "tsne" and len(x) > 3:
         perplexity = min(30.0, (len(x) - 1) / 3)
         # scikit-learn's OpenMP threads and torch's spin against each other: one thread was measured 10-100x faster.

@@ -1,4 +1,4 @@
-"""Pure functions under the stateful classes: the loss, pair mining and retrieval scoring."""
+"""Pure functions under the stateful classes: the loss, pair mining, retrieval scoring and the unit rows they share."""
 
 from lit_metric.functional.deviance import binomial_deviance, binomial_deviance_of_pairs, cosine_similarity
 from lit_metric.functional.mining import (
@@ -16,6 +16,7 @@ from lit_metric.functional.mining import (
     uniform_weights,
 )
 from lit_metric.functional.knn import cosine_knn
+from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.pairs import Pairs
 from lit_metric.functional.retrieval import (
     RETRIEVAL_METRICS,
@@ -52,4 +53,5 @@ __all__ = [
     "retrieval_metrics",
     "select_pairs",
     "uniform_weights",
+    "unit_rows",
 ]

@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from lit_metric.functional._blocks import row_blocks
 from lit_metric.functional._checks import check_finite, check_floating, check_matrix, check_real
+from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.pairs import Pairs
 
 __all__ = ["binomial_deviance", "binomial_deviance_of_pairs", "cosine_similarity"]
@@ -30,7 +31,8 @@ def cosine_similarity(embeddings: Tensor, reference_embeddings: Tensor | None = 
     """Cosine similarity of every row of ``embeddings`` against every row of ``reference_embeddings``.
 
     Computed in float32 at least, with autocast disabled, so that mixed-precision training feeds the loss
-    similarities that are exact to float32. An all-zero row has similarity 0 to everything.
+    similarities that are exact to float32. Rows of any finite magnitude are normalised exactly (:func:`unit_rows`);
+    an all-zero row has similarity 0 to everything and gets no gradient.
 
     Args:
         embeddings: ``(B, D)`` floating tensor.
@@ -51,17 +53,10 @@ def cosine_similarity(embeddings: Tensor, reference_embeddings: Tensor | None = 
             )
     dtype = torch.promote_types(embeddings.dtype, torch.float32)
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        queries = _unit_rows(embeddings.to(dtype))
+        queries = unit_rows(embeddings, dtype)
         if reference_embeddings is embeddings:
             return _Gram.apply(queries)
-        return queries @ _unit_rows(reference_embeddings.to(dtype)).T
-
-
-def _unit_rows(x: Tensor) -> Tensor:
-    """``(N, D)`` rows scaled to unit length; all-zero rows stay zero and get no gradient, where ``F.normalize``
-    would give them ``1 / eps`` (1e12, inf in fp16), e.g. for an embedding head that ends in a ReLU."""
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return torch.where(norms > 0, x / norms.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+        return queries @ unit_rows(reference_embeddings, dtype).T
 
 
 def binomial_deviance(

@@ -37,11 +37,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lit_metric.functional._checks import check_float32_range, check_k, check_matrix, check_positive_int
+from lit_metric.functional._checks import check_finite, check_k, check_matrix, check_positive_int
 from lit_metric.functional._scan import TileScan, tile_scan
+from lit_metric.functional.norms import unit_rows
 
 __all__ = ["cosine_knn", "float32_products", "normalize"]
 
@@ -199,15 +199,15 @@ def float32_products(device: torch.device) -> Iterator[None]:
 
 
 def normalize(x: Tensor, name: str = "embeddings") -> Tensor:
-    """``(N, D)`` rows scaled to unit length, in float32 and row-major, so that every tile's product takes the same
-    kernel path.
+    """``(N, D)`` rows scaled to unit length (:func:`~lit_metric.functional.norms.unit_rows`), in float32 and
+    row-major, so that every tile's product takes the same kernel path. Rows of any finite magnitude rank alike:
+    float64 rows are normalised before they are rounded to float32, so even 1e-300 or 1e300 come out of unit length.
 
     Raises:
-        ValueError: naming ``name`` when a value is not finite in float32, e.g. 1e300 in float64: it would turn into
-            inf and its row into NaN, which no ranking can hold.
+        ValueError: naming ``name`` when a value is NaN or inf.
     """
-    check_float32_range(name, x)
-    return F.normalize(x.float(), dim=1).contiguous()
+    check_finite(name, x)
+    return unit_rows(x, torch.float32).contiguous()
 
 
 def _check_unit_rows(name: str, x: Tensor) -> None:

@@ -17,7 +17,6 @@ from torch import Tensor
 
 from lit_metric.functional._checks import (
     check_finite,
-    check_float32_range,
     check_floating,
     check_positive_ints,
     describe,
@@ -32,6 +31,7 @@ __all__ = [
     "exclusion_keys",
     "hit_rate_at_k",
     "map_at_r",
+    "metric_names",
     "precision_at_k",
     "r_precision",
     "resolve_roles",
@@ -151,7 +151,7 @@ def retrieval_metrics(
     is_query: Tensor | None = None,
     is_gallery: Tensor | None = None,
     cameras: Tensor | None = None,
-    metrics: Sequence[str] = RETRIEVAL_METRICS,
+    metrics: str | Sequence[str] = RETRIEVAL_METRICS,
     k: Sequence[int] = (1, 2, 4, 8),
     chunk_size: int = 8192,
 ) -> dict[str, Tensor]:
@@ -169,7 +169,7 @@ def retrieval_metrics(
         is_query: ``(N,)`` bool.
         is_gallery: ``(N,)`` bool.
         cameras: ``(N,)`` integer camera ids.
-        metrics: names from :data:`RETRIEVAL_METRICS`.
+        metrics: names from :data:`RETRIEVAL_METRICS`, or one name.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``.
         chunk_size: tiles of similarities hold at most ``chunk_size**2`` values.
 
@@ -178,12 +178,21 @@ def retrieval_metrics(
         ``r_precision``, ``map`` as requested (NaN when no query is scored), and the counts ``num_queries``
         (scored), ``num_skipped_queries`` and ``num_singleton_queries``. Ranking ties are broken by position.
     """
+    metrics = metric_names(metrics)
     check_options(metrics, k)
     check_items(embeddings, labels, is_query=is_query, is_gallery=is_gallery, cameras=cameras)
+    if len(labels) == 0:
+        raise ValueError(f"`embeddings` must hold at least one item, got shape {tuple(embeddings.shape)}")
+    queries_from_gallery = is_query is None and is_gallery is not None
     is_query, is_gallery = resolve_roles(is_query, is_gallery, len(labels), labels.device)
     queries, gallery = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
     shared = bool((is_query & is_gallery).any())
     gallery_size = len(gallery) - int(shared)
+    if len(queries) == 0 and queries_from_gallery:
+        raise ValueError(
+            "`is_gallery` must leave at least one item out as a query (`is_query` is its complement), got every item "
+            "in the gallery"
+        )
     if len(queries) == 0:
         raise ValueError("`is_query` must select at least one item, got no query")
     if gallery_size < 1:
@@ -247,6 +256,11 @@ def _count_in(values: Tensor, reference: Tensor) -> Tensor:
     return torch.searchsorted(reference, values, right=True) - torch.searchsorted(reference, values)
 
 
+def metric_names(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """``metrics`` as a tuple of names: one name is one metric, where ``tuple("recall")`` would be six letters."""
+    return (metrics,) if isinstance(metrics, str) else tuple(metrics)
+
+
 def check_options(metrics: Sequence[str], k: Sequence[int]) -> None:
     """Raise a ValueError unless ``metrics`` are known names and ``k`` are positive integer cut-offs."""
     unknown = sorted(set(metrics) - set(RETRIEVAL_METRICS))
@@ -263,17 +277,13 @@ def check_items(
     is_gallery: Tensor | None = None,
     cameras: Tensor | None = None,
 ) -> None:
-    """Raise a ValueError naming the argument unless ``embeddings`` is a floating ``(N, D)`` tensor finite in float32,
+    """Raise a ValueError naming the argument unless ``embeddings`` is a finite floating ``(N, D)`` tensor,
     ``labels``, ``indexes`` and ``cameras`` (non-negative) are integer ``(N,)`` tensors and the flags bool ``(N,)``
     tensors; the optional ones may be ``None``."""
     check_floating("embeddings", embeddings)
     if embeddings.ndim != 2:
         raise ValueError(f"`embeddings` must have shape (N, D), got shape {tuple(embeddings.shape)}")
-    if embeddings.numel():
-        check_finite("embeddings", embeddings)
-    if embeddings.dtype == torch.float64:
-        # Scored in float32: named here, not later as the search's queries.
-        check_float32_range("embeddings", embeddings)
+    check_finite("embeddings", embeddings)
     n = len(embeddings)
     for name, x, kind in (
         ("labels", labels, "an integer"),

@@ -150,10 +150,17 @@ def test_mine_checks_the_labels_and_anchor_index_of_the_whole_batch_once(labels,
         PairMiner().mine(torch.zeros(4, 4), labels, torch.tensor([0, 0, 1, 1]), anchor_index)
 
 
-def test_similarity_of_the_wrong_shape_is_a_value_error():
-    labels = torch.arange(4)
-    with pytest.raises(ValueError, match=r"`similarity` must have shape \(len\(labels\), len\(reference_labels\)\)"):
-        PairMiner().mine(torch.zeros(4, 3), labels, labels)
+@pytest.mark.parametrize(
+    ("similarity", "labels", "reference_labels", "message"),
+    [
+        (torch.zeros(16), 4, 4, r"`similarity` must have shape \(B, R\), got shape \(16,\)"),
+        (torch.zeros(4, 4), 3, 4, r"`labels` must hold one label per row of `similarity` \(4, 4\), got shape \(3,\)"),
+        (torch.zeros(4, 3), 4, 4, r"`reference_labels` must hold one label per column of `similarity` \(4, 3\), got "),
+    ],
+)
+def test_labels_that_do_not_match_the_similarity_are_named(similarity, labels, reference_labels, message):
+    with pytest.raises(ValueError, match=message):
+        PairMiner().mine(similarity, torch.arange(labels), torch.arange(reference_labels))
 
 
 def test_settings_at_applies_every_entry_up_to_the_epoch_in_epoch_order():

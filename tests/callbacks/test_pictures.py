@@ -157,6 +157,12 @@ def test_pca_keeps_the_two_directions_of_largest_spread_first():
     assert torch.allclose(points.norm(dim=1), torch.ones(50), atol=1e-3)
 
 
+@pytest.mark.parametrize("scale", [2.0**-100, 2.0**100])
+def test_the_projection_of_embeddings_at_any_magnitude_is_the_one_at_scale_one(scale):
+    embeddings = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(project_2d(embeddings * scale), project_2d(embeddings))
+
+
 def test_the_projection_has_a_legend_entry_per_label():
     figure = draw_projection(torch.randn(20, 2), torch.arange(20) % 3)
     assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["0", "1", "2"]

@@ -58,13 +58,14 @@ def test_closed_form_gradient_equals_autograd_to_1e_10():
     torch.testing.assert_close(grad_ours, grad_reference, rtol=0, atol=1e-10)
 
 
-def test_gradcheck_end_to_end_through_cosine_similarity():
+@pytest.mark.parametrize("scale", [1e-300, 1.0, 1e300])
+def test_gradcheck_end_to_end_through_cosine_similarity(scale):
     generator = torch.Generator().manual_seed(1)
     embeddings = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
     references = torch.randn(5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
     _, m, w = random_problem(b=6, r=5)
     assert torch.autograd.gradcheck(
-        lambda e, r: binomial_deviance(cosine_similarity(e, r), m, w), (embeddings, references)
+        lambda e, r: binomial_deviance(cosine_similarity(e * scale, r * scale), m, w), (embeddings, references)
     )
 
 
@@ -131,6 +132,47 @@ def test_all_zero_embedding_rows_have_similarity_zero_and_no_gradient(dtype):
     assert bool((similarity[:2] == 0).all()) and bool((similarity[:, :2] == 0).all())
     assert bool((embeddings.grad[:2] == 0).all())
     assert torch.isfinite(embeddings.grad).all() and bool((embeddings.grad[2:] != 0).any())
+
+
+# Largest magnitude of the embeddings: the ends of each dtype's range (3e38 is float32's 3.4e38 less 12%).
+MAGNITUDES = [
+    *((torch.float32, magnitude) for magnitude in (1e-30, 1e-15, 1.0, 1e19, 3e38)),
+    *((torch.float16, magnitude) for magnitude in (1e-7, 6e4)),
+    *((torch.bfloat16, magnitude) for magnitude in (1e-30, 1e30, 3e38)),
+]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "magnitude"), MAGNITUDES, ids=[f"{dtype}-{magnitude:g}"[6:] for dtype, magnitude in MAGNITUDES]
+)
+def test_loss_and_gradient_at_any_magnitude_equal_the_float64_reference(dtype, magnitude):
+    # The squared norm of a float32 row overflows from 1e19 on and underflows below about 1e-22.
+    b, labels = 32, torch.arange(8).repeat(4)
+    shape = torch.randn(b, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    scale = magnitude / shape.abs().max().item()
+    embeddings = (shape * scale).to(dtype).requires_grad_()
+    same = labels[:, None] == labels[None, :]
+    positive, negative = same & ~torch.eye(b, dtype=torch.bool), ~same
+    m = positive.double() - negative.double()
+    w = positive.double() / positive.sum() + negative.double() / negative.sum()
+    loss = binomial_deviance(cosine_similarity(embeddings), m.float(), w.float())
+    loss.backward()
+    # The reference takes the same values brought to magnitude 1 in float64, where F.normalize is exact.
+    reference = (embeddings.detach().double() / scale).requires_grad_()
+    normalised = F.normalize(reference, dim=1)
+    expected = autograd_deviance(normalised @ normalised.T, m, w, 2.0, 0.5)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert_rounded(embeddings.grad, reference.grad / scale)
+
+
+def assert_rounded(grad, reference):
+    """``grad`` is the float64 ``reference`` rounded to its dtype: to its precision, or to 1e-6 of the largest
+    component (float32 arithmetic), or to its smallest subnormal where the gradient is that small, and inf where it is
+    beyond the dtype's range (float16 at 1e-7: the true gradient reaches 1e5)."""
+    finfo = torch.finfo(grad.dtype)
+    atol = max(finfo.smallest_normal * finfo.eps, 1e-6 * reference.abs().max().item())
+    torch.testing.assert_close(grad.double(), reference.to(grad.dtype).double(), rtol=finfo.eps, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

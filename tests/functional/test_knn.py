@@ -236,13 +236,24 @@ def test_non_finite_embeddings_are_value_errors(where):
         cosine_knn(queries, 2, gallery, chunk_size=4)
 
 
-@pytest.mark.parametrize("where", ["queries", "gallery"])
-def test_values_beyond_the_float32_range_are_value_errors(where):
-    # Finite in float64, inf in float32: the row would become NaN and rank nothing, differently on each path.
-    queries, gallery = torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
-    {"queries": queries, "gallery": gallery}[where][1, 2] = 1e300
-    with pytest.raises(ValueError, match=f"`{where}` must be finite in float32"):
-        cosine_knn(queries, 2, gallery, chunk_size=4)
+# Powers of two near the ends of the float32 and float64 ranges: the embeddings scale exactly, so the rows of
+# normalize, and with them the search, must come out bitwise as at scale 1. Under F.normalize rows below its eps
+# (1e-12) were shorter than 1 and ranked by dot product, and from 1e19 on float32 squared norms overflowed to inf.
+FAR_SCALES = [
+    *((torch.float32, scale) for scale in (2.0**-100, 2.0**-50, 2.0**64, 2.0**127)),  # 7.9e-31 ... 3.0e38 at most
+    *((torch.float64, scale) for scale in (2.0**-1000, 2.0**1000)),  # 1e300 is beyond float32: normalised first
+]
+
+
+@pytest.mark.parametrize(("dtype", "scale"), FAR_SCALES, ids=[f"{d}-{s:.1e}"[6:] for d, s in FAR_SCALES])
+def test_embeddings_of_any_finite_magnitude_rank_as_at_scale_one(dtype, scale):
+    x = random_points(100, seed=10).to(dtype)
+    x = x / x.abs().max() * 1.75  # 1.75 * 2**127 = 3.0e38
+    expected = cosine_knn(x, 7, chunk_size=16), cosine_knn(x[:30], 5, x[30:], chunk_size=16)
+    found = cosine_knn(x * scale, 7, chunk_size=16), cosine_knn(x[:30] * scale, 5, x[30:] * scale, chunk_size=16)
+    for (scores, indices), (expected_scores, expected_indices) in zip(found, expected):
+        assert torch.equal(indices, expected_indices) and torch.equal(scores, expected_scores)
+    assert torch.equal(cosine_knn(x * scale, 7, chunk_size=16)[1], brute_force(x, 7))
 
 
 def test_normalize_keeps_an_empty_set_empty():

@@ -143,6 +143,31 @@ def test_random_sets_equal_plain_loop_reference(mode, chunk_size):
         assert expected["num_skipped_queries"] > 0 and expected["num_singleton_queries"] > 0
 
 
+# Powers of two near the ends of each dtype's range (float16: 2e-7, among its subnormals, and 0.9 of its largest).
+FAR_SCALES = [
+    *((torch.float32, scale) for scale in (2.0**-100, 2.0**-50, 2.0**64, 2.0**127)),
+    *((torch.float16, scale) for scale in (2.0**-23, 2.0**15)),
+    *((torch.bfloat16, scale) for scale in (2.0**-100, 2.0**100)),
+    *((torch.float64, scale) for scale in (2.0**-1000, 2.0**1000)),
+]
+
+
+@pytest.mark.parametrize(("dtype", "scale"), FAR_SCALES, ids=[f"{d}-{s:.1e}"[6:] for d, s in FAR_SCALES])
+def test_metrics_at_any_finite_magnitude_equal_those_of_the_same_values_at_scale_one(dtype, scale):
+    # At 1e-15 F.normalize left float32 rows shorter than 1 and MAP@R came out 0.043 instead of 0.031.
+    x, labels, _ = random_set(n=80, classes=8, seed=5)
+    embeddings = (x / x.abs().max() * 1.75 * scale).to(dtype)
+    # Dividing by a power of two is exact: the same values at magnitude 1, in float32 at least.
+    at_one = embeddings.to(torch.promote_types(dtype, torch.float32)) / scale
+    is_query = torch.arange(80) % 3 == 0
+    for roles in ({}, {"is_query": is_query}):
+        out = retrieval_metrics(embeddings, labels, metrics=ALL, **roles)
+        expected = retrieval_metrics(at_one, labels, metrics=ALL, **roles)
+        assert {name: value.item() for name, value in out.items()} == {
+            name: value.item() for name, value in expected.items()
+        }
+
+
 def test_autocast_does_not_round_the_similarities():
     # Under CPU autocast a plain matrix product is bfloat16, which reorders near-ties; every metric stays exact.
     x, labels, _ = random_set(n=300, classes=30, seed=4)
@@ -238,6 +263,22 @@ def test_bad_input_is_rejected_with_a_clear_message():
         retrieval_metrics(x, labels, is_query=torch.tensor([True, True, False, False]), k=(3,))
     with pytest.raises(ValueError, match="`is_query` must select at least one item"):
         retrieval_metrics(x, labels, is_query=torch.zeros(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"embeddings": torch.zeros(0, 3), "labels": torch.zeros(0, dtype=torch.long)},
+         r"`embeddings` must hold at least one item, got shape \(0, 3\)"),
+        ({"is_gallery": torch.ones(4, dtype=torch.bool)},
+         r"`is_gallery` must leave at least one item out as a query \(`is_query` is its complement\), got every item"),
+    ],
+)
+def test_no_query_is_blamed_on_what_left_none(kwargs, match):
+    # Both used to say "`is_query` must select at least one item", though no `is_query` was given.
+    arguments = {"embeddings": torch.randn(4, 3), "labels": torch.tensor([0, 0, 1, 1]), "k": (1,), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        retrieval_metrics(**arguments)
 
 
 @pytest.mark.parametrize(
