@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at toy sizes and print their tables, so that the commands that the README and
 docs/benchmarks.md quote keep working. Their timings mean nothing here; the figures there come from full runs."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,13 @@ def test_backbone_step_benchmark_prints_the_embedder_against_the_classifier():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [row[0].strip() for row in rows] == ["lit_metric", "lit_metric, channels_last", "timm classifier"]
     assert float(rows[2][2]) == 1.0
+
+
+def test_fault_injection_kills_a_run_with_each_signal_during_a_save_and_both_resume_bitwise(tmp_path):
+    output = tmp_path / "fault_injection.json"
+    run("fault_injection.py", "--runs", "2", "--epochs", "2", "--train-batches", "2", "--embedding-dim", "4096",
+        "--seed", "1", "--workdir", str(tmp_path / "runs"), "--output", str(output))
+    summary = json.loads(output.read_text())["summary"]
+    assert (summary["sigterm"], summary["sigkill"], summary["kills_during_save"]) == (1, 1, 2)
+    assert summary["same_weights_and_metrics"] == 2
+    assert summary["orphan_bytes"] == 0
