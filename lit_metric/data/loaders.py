@@ -32,8 +32,9 @@ class PKDataLoader(DataLoader):
       set again just before the next batch is loaded, so that augmentation (with ``num_workers=0``) and dropout
       draw what they would have drawn without the interruption.
 
-    The loader draws its workers' seeds from its own ``generator``, not the global one, so that starting an
-    iteration does not shift the random numbers that training draws. With ``num_workers > 0``, batches and their
+    :func:`pk_train_loader` gives the loader a ``generator`` of its own for its workers' seeds, seeded from the global
+    one when the loader is built, so that starting an iteration does not shift the random numbers that training
+    draws. With ``num_workers > 0``, batches and their
     order still resume exactly, but the workers' own random generators start afresh: random augmentation done in
     workers differs from the uninterrupted run after a resume, and :meth:`load_state_dict` warns of it.
     """
@@ -126,7 +127,9 @@ def pk_train_loader(
         drop_last=True,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
+        # The workers' seeds come from the global generator, as `seed_everything` sets it, drawn here once rather
+        # than when an epoch starts, which would shift the random numbers that a checkpoint's state continues.
+        generator=torch.Generator().manual_seed(int(torch.randint(2**62, ()))),
     )
 
 
