@@ -163,9 +163,8 @@ def main() -> None:
         with open(workdir / f"run{i:02d}.log", "w") as log:
             saves_to_skip = rng.randrange(steps) if at_save else None
             kill = run_and_kill(command, env, log, sig, saves_to_skip, rng.uniform(0, reference_time), checkpoints)
-            resume_from = next(
-                (path for path in (checkpoints / "on_exception.ckpt", checkpoints / "last.ckpt") if path.is_file()), None
-            )
+            newest = (checkpoints / "on_exception.ckpt", checkpoints / "last.ckpt")
+            resume_from = next((path for path in newest if path.is_file()), None)
             resumed = subprocess.run(fit_command(folder, args, resume_from), env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
         weights, metrics = final_weights(folder), last_validation(folder)

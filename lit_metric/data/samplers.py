@@ -251,9 +251,9 @@ class PKSampler(DistributedSampler):
         per_rank = self.batches_per_rank
         if isinstance(batches_done, bool) or not isinstance(batches_done, int) or not 0 <= batches_done <= per_rank:
             raise ValueError(
-                f"`batches_done` must be an integer from 0 to the {per_rank} batches of an epoch, got {batches_done!r}; "
-                "resume with the labels, `classes_per_batch`, `samples_per_class` and number of processes the run was "
-                "saved with"
+                f"`batches_done` must be an integer from 0 to the {per_rank} batches of an epoch, got "
+                f"{batches_done!r}; resume with the labels, `classes_per_batch`, `samples_per_class` and number of "
+                "processes the run was saved with"
             )
         if batches_done == per_rank:
             epoch, batches_done = epoch + 1, 0

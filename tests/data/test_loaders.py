@@ -1,4 +1,4 @@
-"""PKDataLoader: a training run resumed from a checkpoint taken after any batch ends bitwise as the uninterrupted one."""
+"""PKDataLoader: a run resumed from a checkpoint taken after any batch ends bitwise as the uninterrupted one."""
 
 from __future__ import annotations
 
