@@ -7,7 +7,8 @@ is killed once, with ``SIGTERM`` when ``i`` is even, else ``SIGKILL``; its ``$TM
 ``/dev/shm`` (another file system than the run folder) for half the runs of each signal, else on the run folder's.
 Half the kills of each signal are aimed at a checkpoint save: the benchmark watches the checkpoint folder for the
 temporary file that a save writes (``.last.ckpt.tmp-PID``) and sends the signal while it is there; the other kills
-fall at a uniformly random moment of the uninterrupted run's wall time. A kill counts as during a save when the
+fall at a uniformly random moment of the uninterrupted run's wall time (drawn again, within the time it took, for a
+run that ends before that moment). A kill counts as during a save when the
 temporary file existed just before and just after the signal was sent.
 
 Each killed run is then resumed with ``fit --ckpt_path`` from its newest checkpoint (``on_exception.ckpt``, which
@@ -130,8 +131,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh folder in the system temp dir")
     parser.add_argument("--shm", type=Path, default=Path("/dev/shm"), help="the other file system for $TMPDIR")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--only", type=int, nargs="+", default=None, help="run only these of the runs")
     args = parser.parse_args()
-    rng = random.Random(args.seed)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fault_injection-"))
     workdir.mkdir(parents=True, exist_ok=True)
     tmp_roots = {False: workdir / "tmp", True: Path(tempfile.mkdtemp(prefix="fault_injection-", dir=args.shm))}
@@ -151,7 +152,9 @@ def main() -> None:
     print(f"uninterrupted run: {reference_time:.1f} s, {reference[1]}", flush=True)
 
     results = []
-    for i in range(args.runs):
+    for i in args.only if args.only is not None else range(args.runs):
+        # A stream of its own for every run, so that --only repeats a run's draws.
+        rng = random.Random(f"{args.seed}-{i}")
         sig = signal.SIGTERM if i % 2 == 0 else signal.SIGKILL
         on_shm = (i // 2) % 2 == 0
         at_save = (i // 4) % 2 == 0
@@ -160,9 +163,16 @@ def main() -> None:
         env = environment(tmpdir)
         command = fit_command(folder, args)
         checkpoints = folder / "checkpoints"
+        latest = reference_time
         with open(workdir / f"run{i:02d}.log", "w") as log:
-            saves_to_skip = rng.randrange(steps) if at_save else None
-            kill = run_and_kill(command, env, log, sig, saves_to_skip, rng.uniform(0, reference_time), checkpoints)
+            while True:
+                saves_to_skip = rng.randrange(steps) if at_save else None
+                kill = run_and_kill(command, env, log, sig, saves_to_skip, rng.uniform(0, latest), checkpoints)
+                if kill["killed"]:
+                    break
+                # The run ended before the moment drawn (the machine's load varies): draw again within its time.
+                latest = kill["kill_time_s"]
+                shutil.rmtree(folder)
             newest = (checkpoints / "on_exception.ckpt", checkpoints / "last.ckpt")
             resume_from = next((path for path in newest if path.is_file()), None)
             resumed = subprocess.run(fit_command(folder, args, resume_from), env=env,
@@ -187,6 +197,7 @@ def main() -> None:
         "sigkill": sum(r["signal"] == "SIGKILL" for r in results),
         "tmpdir_on_other_fs": sum(r["tmpdir_on_other_fs"] for r in results),
         "kills_during_save": sum(r["during_save"] for r in results),
+        "killed_before_a_checkpoint": sum(r["resumed_from"] is None for r in results),
         "same_weights": sum(r["same_weights"] for r in results),
         "same_metrics": sum(r["same_metrics"] for r in results),
         "same_weights_and_metrics": sum(r["same_weights"] and r["same_metrics"] for r in results),
