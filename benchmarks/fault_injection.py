@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-batches", type=int, default=7, help="per epoch; digits has 7")
-    parser.add_argument("--embedding-dim", type=int, default=8192)
+    parser.add_argument("--embedding-dim", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh folder in the system temp dir")
     parser.add_argument("--shm", type=Path, default=Path("/dev/shm"), help="the other file system for $TMPDIR")
