@@ -100,8 +100,7 @@ def run_and_kill(command, env, log, sig, saves_to_skip: int | None, delay: float
 
 
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:
-    # Files this benchmark wrote: trusted; the module's network is in the hyperparameters.
-    return torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def last_validation(folder: Path) -> dict[str, str]:
@@ -148,7 +147,7 @@ def main() -> None:
                        stdout=log, stderr=subprocess.STDOUT, check=True)
     reference_time = time.monotonic() - started
     reference = final_weights(reference_folder), last_validation(reference_folder)
-    steps = torch.load(reference_folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    steps = torch.load(reference_folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     print(f"uninterrupted run: {reference_time:.1f} s, {reference[1]}", flush=True)
 
     results = []

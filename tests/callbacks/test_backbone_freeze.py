@@ -50,8 +50,7 @@ def fit(module, epochs, freeze, callbacks=(), ckpt_path=None, **kwargs):
         enable_progress_bar=False, enable_model_summary=False, callbacks=[BackboneFreeze(freeze), recorder, *callbacks],
         **kwargs,
     )
-    # The module's network is in its hyperparameters, which the default weights_only load refuses.
-    trainer.fit(module, rgb_loader(), rgb_loader(1), ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(module, rgb_loader(), rgb_loader(1), ckpt_path=ckpt_path, weights_only=True)
     return recorder.steps
 
 

@@ -56,8 +56,7 @@ def fit(directory, augment, ckpt_path=None, num_workers=0):
         max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[checkpoints, miner],
     )
-    # The module's network is in its hyperparameters, which the default weights_only load refuses.
-    trainer.fit(model, Data(augment, num_workers), ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(model, Data(augment, num_workers), ckpt_path=ckpt_path, weights_only=True)
     assert trainer.global_step == EPOCHS * BATCHES_PER_EPOCH
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     return model.state_dict(), metrics
