@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at toy sizes and print their tables, so that the commands that the README and
 docs/benchmarks.md quote keep working. Their timings mean nothing here; the figures there come from full runs."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,13 @@ def test_image_checks_benchmark_times_every_kind_of_file():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 20 |")]
     assert [row[1].strip() for row in rows] == ["JPEG 128x64", "JPEG 256x256", "PNG 256x256"]
     assert all(float(seconds) >= 0 for row in rows for seconds in row[3:])
+
+
+def test_fault_injection_kills_a_run_with_each_signal_during_a_save_and_both_resume_bitwise(tmp_path):
+    output = tmp_path / "fault_injection.json"
+    run("fault_injection.py", "--runs", "2", "--epochs", "2", "--train-batches", "2", "--embedding-dim", "4096",
+        "--seed", "1", "--workdir", str(tmp_path / "runs"), "--output", str(output))
+    summary = json.loads(output.read_text())["summary"]
+    assert (summary["sigterm"], summary["sigkill"], summary["kills_during_save"]) == (1, 1, 2)
+    assert summary["same_weights_and_metrics"] == 2
+    assert summary["orphan_bytes"] == 0
