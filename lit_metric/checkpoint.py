@@ -108,7 +108,8 @@ class PreemptionCheckpoint(Checkpoint):
     folder would silently continue, or skip, the first. Here a fit resumes only from the ``ckpt_path`` it is given.
 
     On ``SIGTERM`` Lightning stops the fit at the next batch with a ``SIGTERMException``, so the checkpoint holds a
-    whole number of steps. After a fit that ends normally the file is removed, as the run's own checkpoints are newer.
+    whole number of steps; a ``SIGTERM`` during validation stops it once the validation is over, which a resumed fit
+    would otherwise skip. After a fit that ends normally the file is removed, as the run's own checkpoints are newer.
 
     Args:
         dirpath: the folder of the checkpoint; ``None`` takes the folder of the trainer's ``ModelCheckpoint`` (the
@@ -124,11 +125,25 @@ class PreemptionCheckpoint(Checkpoint):
             raise ValueError("`filename` must not be empty")
         self.dirpath = dirpath
         self.filename = filename
+        self._sigterm_in_validation = False
 
     @property
     def ckpt_path(self) -> str | None:
         """The checkpoint's path, or ``None`` while its folder is unknown."""
         return None if self.dirpath is None else os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        # Lightning stops a validation that SIGTERM interrupts, and a fit resumed from that checkpoint goes on
+        # without it, its epoch's metrics never computed. The stop waits for the end of the validation instead.
+        connector = trainer._signal_connector
+        if connector.received_sigterm:
+            connector.received_sigterm = False
+            self._sigterm_in_validation = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._sigterm_in_validation:
+            trainer._signal_connector.received_sigterm = True
+            self._sigterm_in_validation = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         path = self._path(trainer)

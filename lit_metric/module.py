@@ -122,6 +122,7 @@ class MetricLearningModule(L.LightningModule):
         self.val_metrics = metrics.clone()
         self.test_metrics = metrics.clone()
         self._default_miner = PairMiner()
+        self._recorded_preprocessing: dict | None = None
 
     def _save_hyperparameters(self) -> None:
         """Saves the arguments of ``__init__`` (a subclass's included) as plain data, which ``weights_only`` reads."""
@@ -176,12 +177,14 @@ class MetricLearningModule(L.LightningModule):
     @property
     def preprocessing(self) -> dict | None:
         """How images must be prepared for the network (``channels``, ``image_size``, ``mean``, ``std``), as its
-        ``preprocessing`` attribute says (:class:`~lit_metric.networks.BackboneEmbedder` has one), or ``None``.
+        ``preprocessing`` attribute says (:class:`~lit_metric.networks.BackboneEmbedder` has one), else as the
+        checkpoint it was loaded from records, or ``None``.
 
-        The image data modules take the settings that their config leaves unset from it, and checkpoints record it
-        under ``"preprocessing"``, so that search by example prepares new images the same way.
+        The image data modules take the settings that their config leaves unset from it. Checkpoints record it
+        under ``"preprocessing"``, or, for a network that declares none, the preprocessing of the data module that
+        trained it, so that search by example prepares new images the same way.
         """
-        return getattr(self.embedding_net, "preprocessing", None)
+        return getattr(self.embedding_net, "preprocessing", None) or self._recorded_preprocessing
 
     @property
     def backbone(self) -> nn.Module | None:
@@ -192,10 +195,13 @@ class MetricLearningModule(L.LightningModule):
         return backbone if isinstance(backbone, nn.Module) else None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.preprocessing is not None:
-            checkpoint["preprocessing"] = self.preprocessing
+        datamodule = getattr(self._trainer, "datamodule", None)
+        preprocessing = self.preprocessing or getattr(datamodule, "preprocessing", None)
+        if preprocessing:
+            checkpoint["preprocessing"] = dict(preprocessing)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._recorded_preprocessing = checkpoint.get("preprocessing")
         if self._trainer is None:
             # Just built by load_from_checkpoint from these hyperparameters: keep their records of the arguments that
             # the rebuilt objects cannot record (LightningCLI's optimizer factories, a config's own classes), so that

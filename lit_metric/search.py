@@ -2,31 +2,36 @@
 
 The gallery is embedded once (from images, a data set, a data loader or a file that ``lit-metric predict`` wrote with
 :class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter`, read by :func:`~lit_metric.io.load_embeddings`)
-and checked once; each search embeds the query images with the same
-model and ranks the gallery with :func:`~lit_metric.functional.knn.cosine_knn`, the exact search that the
-retrieval metrics use, so ties and ranking order are the same as in evaluation.
+and checked once; each search prepares the query images as the checkpoint records (:func:`prepare_images`), embeds
+them with the same model and ranks the gallery with :func:`~lit_metric.functional.knn.cosine_knn`, the exact search
+that the retrieval metrics use, so ties and ranking order are the same as in evaluation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lit_metric.data.transforms import load_image
+from lit_metric.data.image_folder import transforms_for
+from lit_metric.data.transforms import image_tensor, load_image
 from lit_metric.functional._checks import check_k, check_matrix, describe
 from lit_metric.functional.knn import cosine_knn, normalize
 from lit_metric.io import load_embeddings
 from lit_metric.module import MetricLearningModule
 
-__all__ = ["EmbeddingIndex", "Neighbours", "embed_batches", "embed_images", "nearest"]
+__all__ = ["EmbeddingIndex", "Neighbours", "embed_batches", "embed_images", "nearest", "prepare_images"]
 
 Gallery = Tensor | Dataset | DataLoader | str | Path
+Example = str | Path | Image.Image | np.ndarray | Tensor
+Queries = Example | Sequence[Example]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class EmbeddingIndex:
         paths: ``N`` gallery file paths, if known.
         image_shape: ``(C, H, W)`` that query images must have, if known (it is when the gallery was embedded
             from images).
+        preprocessing: how :meth:`search` prepares query examples (``channels``, ``image_size``, ``mean``,
+            ``std``, as :func:`prepare_images` takes them); ``None`` takes the model's
+            :attr:`~lit_metric.MetricLearningModule.preprocessing`, which a checkpoint records.
 
     The index holds a unit-length float32 copy of the gallery (``N x D x 4`` bytes), made and checked once, so that
     a search normalises and checks only its queries.
@@ -69,6 +77,7 @@ class EmbeddingIndex:
         labels: Tensor | None = None,
         paths: Sequence[str] | None = None,
         image_shape: Sequence[int] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
     ) -> None:
         check_matrix("embeddings", embeddings)
         n = len(embeddings)
@@ -82,6 +91,7 @@ class EmbeddingIndex:
         self.labels = labels.to(embeddings.device) if labels is not None else None
         self.paths = [str(path) for path in paths] if paths is not None else None
         self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.preprocessing = dict(preprocessing) if preprocessing is not None else model.preprocessing
 
     @classmethod
     def from_checkpoint(
@@ -131,29 +141,39 @@ class EmbeddingIndex:
         loader = gallery if isinstance(gallery, DataLoader) else DataLoader(gallery, batch_size=batch_size)
         return cls(model, **embed_batches(model, loader))
 
-    def search(self, images: Tensor, k: int = 5) -> Neighbours:
-        """The ``k`` nearest gallery items of each of the ``(Q, C, H, W)`` query images."""
+    def search(self, images: Queries, k: int = 5, preprocess: bool | None = None) -> Neighbours:
+        """The ``k`` nearest gallery items of each query image.
+
+        Args:
+            images: one query image or several, in any of the forms :func:`prepare_images` takes: file paths, PIL
+                images, uint8 arrays or tensors, float arrays, or a list of them; or a float tensor already
+                prepared as the model takes it, ``(Q, C, H, W)`` or one ``(C, H, W)`` image.
+            k: neighbours of each query.
+            preprocess: ``None`` prepares every form but float tensors, which are taken as prepared; ``True``
+                prepares float tensors too, as pixels in ``[0, 1]``; ``False`` takes only prepared float tensors.
+
+        Raises:
+            ValueError: naming ``images`` when they are of none of these forms, when they must be prepared but
+                the index has no :attr:`preprocessing`, or when their shape is not the gallery images' shape.
+        """
         check_k(k, len(self.embeddings))
+        prepared = isinstance(images, Tensor) and images.is_floating_point() and not preprocess
+        if preprocess is False and not prepared:
+            raise ValueError(
+                "`images` must be a floating-point tensor of prepared images with `preprocess=False`, got "
+                f"{describe(images)}"
+            )
+        if prepared:
+            images = images.unsqueeze(0) if images.ndim == 3 else images
+        else:
+            images = prepare_images(images, self.preprocessing)
         _check_images(images, "images", self.image_shape)
         return self.search_embeddings(embed_images(self.model, images), k)
 
     def search_files(self, paths: Sequence[str | Path], k: int = 5) -> Neighbours:
-        """The ``k`` nearest gallery items of each image file in ``paths``, read and normalised as the model's
-        :attr:`~lit_metric.MetricLearningModule.preprocessing` says (the one its checkpoint records).
-
-        Raises:
-            ValueError: naming ``paths`` when the model declares no preprocessing; then prepare the images as in
-                training and call :meth:`search`.
-        """
-        settings = self.model.preprocessing
-        if settings is None:
-            raise ValueError(
-                "`paths`: the model declares no preprocessing to read them with; prepare the images as in training "
-                "and call `search`"
-            )
-        images = torch.stack([load_image(path, settings["channels"], settings["image_size"]) for path in paths])
-        mean, std = (torch.tensor(settings[key], dtype=torch.float32).view(-1, 1, 1) for key in ("mean", "std"))
-        return self.search((images.float() / 255 - mean) / std, k)
+        """The ``k`` nearest gallery items of each image file in ``paths``, read and prepared as :meth:`search`
+        prepares them."""
+        return self.search(prepare_images(list(paths), self.preprocessing, "paths"), k)
 
     def search_embeddings(self, queries: Tensor, k: int = 5) -> Neighbours:
         """The ``k`` nearest gallery items of each of the ``(Q, D)`` query embeddings."""
@@ -170,10 +190,18 @@ class EmbeddingIndex:
         return Neighbours(scores, indices, labels, paths)
 
 
-def nearest(checkpoint_path: str | Path, gallery: Gallery, images: Tensor, k: int = 5, **kwargs: Any) -> Neighbours:
-    """The ``k`` nearest ``gallery`` items of ``(Q, C, H, W)`` ``images``, in one call; see
-    :meth:`EmbeddingIndex.from_checkpoint` for ``gallery`` and ``kwargs``, ``weights_only=True`` among them."""
-    return EmbeddingIndex.from_checkpoint(checkpoint_path, gallery, **kwargs).search(images, k)
+def nearest(
+    checkpoint_path: str | Path,
+    gallery: Gallery,
+    images: Queries,
+    k: int = 5,
+    preprocess: bool | None = None,
+    **kwargs: Any,
+) -> Neighbours:
+    """The ``k`` nearest ``gallery`` items of each query image, in one call; see :meth:`EmbeddingIndex.search` for
+    ``images`` and ``preprocess``, and :meth:`EmbeddingIndex.from_checkpoint` for ``gallery`` and ``kwargs``,
+    ``weights_only=True`` among them."""
+    return EmbeddingIndex.from_checkpoint(checkpoint_path, gallery, **kwargs).search(images, k, preprocess)
 
 
 def embed_images(model: MetricLearningModule, images: Tensor, batch_size: int = 256) -> Tensor:
@@ -200,6 +228,101 @@ def embed_batches(model: MetricLearningModule, loader: DataLoader) -> dict[str, 
         "paths": [str(p) for chunk in paths for p in chunk] if all(x is not None for x in paths) else None,
         "image_shape": tuple(batch["image"].shape[1:]),
     }
+
+
+def prepare_images(images: Queries, preprocessing: Mapping[str, Any] | None, name: str = "images") -> Tensor:
+    """Query images as the ``(Q, C, H, W)`` float32 batch that the model takes, prepared as the image data modules
+    prepare evaluation images (:class:`~lit_metric.data.ImageFileDataset`): decoded to 8 bits and turned upright
+    (:func:`~lit_metric.data.transforms.image_tensor`), converted to ``channels``, resized to ``image_size``,
+    scaled to ``[0, 1]`` and normalised with ``mean`` and ``std``.
+
+    Args:
+        images: one image or a batch of them, each
+
+            - an image file path or a PIL image;
+            - a numpy array ``(H, W, C)`` or ``(H, W)``, as PIL, imageio and matplotlib give them, or
+              ``(Q, H, W, C)``;
+            - a tensor ``(C, H, W)`` or ``(H, W)``, as torchvision gives them, or ``(Q, C, H, W)``;
+            - or a list of single images of these forms.
+
+            Arrays and tensors hold uint8 pixels in ``[0, 255]`` or floating-point pixels in ``[0, 1]``, which are
+            rounded to 8 bits as an image file stores them; ``C`` is 1, 3 or 4 (RGBA).
+        preprocessing: ``channels``, ``image_size`` (``None`` keeps each image's size), ``mean`` and ``std``
+            (``None``: no normalisation), as :attr:`~lit_metric.MetricLearningModule.preprocessing` holds them.
+        name: the argument that errors name.
+
+    Raises:
+        ValueError: naming ``name`` (and the image's position in a batch) when ``preprocessing`` is ``None``, when
+            an image is of none of these forms or its pixels are out of range, when a file cannot be read, or when
+            images differ in size and ``image_size`` is ``None``.
+    """
+    if preprocessing is None:
+        raise ValueError(
+            f"`{name}`: the model records no preprocessing (channels, image_size, mean, std) to prepare them with; "
+            "prepare them as in training and pass a float tensor (Q, C, H, W)"
+        )
+    channels, size = preprocessing["channels"], preprocessing["image_size"]
+    size = tuple(size) if size is not None else None
+    examples, batched = _examples(images, name)
+    pixels = []
+    for i, example in enumerate(examples):
+        where = f"`{name}[{i}]`" if batched else f"`{name}`"
+        if isinstance(example, (str, Path)):
+            pixels.append(load_image(example, channels, size))
+            continue
+        image = example if isinstance(example, Image.Image) else _as_pil(example, where)
+        try:
+            pixels.append(image_tensor(image, channels, size))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
+    shapes = sorted({tuple(p.shape) for p in pixels})
+    if len(shapes) > 1:
+        raise ValueError(f"`{name}` must share one size, as the preprocessing sets no `image_size`; got {shapes}")
+    batch = torch.stack(pixels).float() / 255
+    _, normalize = transforms_for(None, preprocessing["mean"], preprocessing["std"])
+    for transform in normalize:
+        batch = transform(batch)
+    return batch
+
+
+def _examples(images: Queries, name: str) -> tuple[list[Example], bool]:
+    """The single images of ``images``, and whether they came as a batch."""
+    if isinstance(images, (str, Path, Image.Image)):
+        return [images], False
+    if isinstance(images, (np.ndarray, Tensor)) and images.ndim in (2, 3, 4):
+        if images.ndim == 4 and len(images) == 0:
+            raise ValueError(f"`{name}` must hold at least one image, got shape {tuple(images.shape)}")
+        return (list(images), True) if images.ndim == 4 else ([images], False)
+    single = (str, Path, Image.Image, np.ndarray, Tensor)
+    if isinstance(images, (list, tuple)) and images and all(isinstance(image, single) for image in images):
+        return list(images), True
+    raise ValueError(
+        f"`{name}` must be an image file path, a PIL image, an array or tensor of pixels with 2 to 4 dimensions, "
+        f"or a non-empty list of single images; got {describe(images, 'shape')}"
+    )
+
+
+def _as_pil(pixels: np.ndarray | Tensor, where: str) -> Image.Image:
+    """One image's pixels, ``(H, W, C)`` for arrays and ``(C, H, W)`` for tensors, as an 8-bit PIL image."""
+    layout = "(H, W, C) or (H, W)" if isinstance(pixels, np.ndarray) else "(C, H, W) or (H, W)"
+    shape = tuple(pixels.shape)
+    if isinstance(pixels, Tensor):
+        pixels = pixels.detach().cpu()
+        pixels = (pixels.float() if pixels.is_floating_point() else pixels).numpy()
+        pixels = pixels.transpose(1, 2, 0) if pixels.ndim == 3 else pixels
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"{where} must be one image of shape {layout}, with C 1, 3 or 4; got shape {shape}")
+    if np.issubdtype(pixels.dtype, np.floating):
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise ValueError(
+                f"{where}: floating-point pixels must be finite and in [0, 1], got [{pixels.min()}, {pixels.max()}]"
+            )
+        pixels = np.rint(pixels * 255).astype(np.uint8)  # 8 bits, as an image file stores them
+    elif pixels.dtype != np.uint8:
+        raise ValueError(
+            f"{where} must hold uint8 pixels (0-255) or floating-point ones (0-1), got dtype {pixels.dtype}"
+        )
+    return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
 
 
 def _check_images(images: Any, name: str, image_shape: tuple[int, ...] | None = None) -> None:

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at toy sizes and print their tables, so that the commands that the README and
 docs/benchmarks.md quote keep working. Their timings mean nothing here; the figures there come from full runs."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,23 @@ def test_backbone_step_benchmark_prints_the_embedder_against_the_classifier():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [row[0].strip() for row in rows] == ["lit_metric", "lit_metric, channels_last", "timm classifier"]
     assert float(rows[2][2]) == 1.0
+
+
+def test_image_checks_benchmark_times_every_kind_of_file():
+    out = run("image_checks.py", "--n", "20", "--repeats", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 20 |")]
+    assert [row[1].strip() for row in rows] == ["JPEG 128x64", "JPEG 256x256", "PNG 256x256"]
+    assert all(float(seconds) >= 0 for row in rows for seconds in row[3:])
+
+
+def test_fault_injection_kills_a_run_with_each_signal_during_a_save_and_both_resume_bitwise(tmp_path):
+    output = tmp_path / "fault_injection.json"
+    run("fault_injection.py", "--runs", "2", "--epochs", "2", "--train-batches", "2", "--embedding-dim", "4096",
+        "--seed", "1", "--workdir", str(tmp_path / "runs"), "--output", str(output))
+    summary = json.loads(output.read_text())["summary"]
+    assert (summary["sigterm"], summary["sigkill"], summary["kills_during_save"]) == (1, 1, 2)
+    assert summary["same_weights_and_metrics"] == 2
+    assert summary["orphan_bytes"] == 0
 
 
 def test_openmp_benchmark_times_both_wait_policies_at_every_stage():

@@ -122,7 +122,7 @@ class StopAt(L.Callback):
             raise self.error()
 
 
-def fit(tmp_path, *callbacks, ckpt_path=None, max_epochs=2):
+def fit(tmp_path, *callbacks, ckpt_path=None, max_epochs=2, val=None):
     torch.manual_seed(0)
     module = MetricLearningModule(ConvEmbedder(embedding_dim=8, channels=(8,)))
     labels = torch.arange(4).repeat_interleave(6)
@@ -132,7 +132,8 @@ def fit(tmp_path, *callbacks, ckpt_path=None, max_epochs=2):
         default_root_dir=tmp_path, callbacks=[ModelCheckpoint(save_last=True), *callbacks],
         plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, DataLoader(TensorImageDataset(images, labels), batch_size=8), ckpt_path=ckpt_path, weights_only=True)
+    train = DataLoader(TensorImageDataset(images, labels), batch_size=8)
+    trainer.fit(module, train, val, ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
 
@@ -173,3 +174,48 @@ def test_a_given_folder_is_kept(tmp_path):
     with pytest.raises(SIGTERMException):
         fit(tmp_path, StopAt(step=1), PreemptionCheckpoint(tmp_path / "elsewhere", "preempted"))
     assert contents(tmp_path / "elsewhere") == ["preempted.ckpt"]
+
+
+class SigtermInValidation(L.Callback):
+    """Sends this process SIGTERM during the first validation batch of ``epoch``, as a cluster's preemption does."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def validate_on(tmp_path, *callbacks, **kwargs):
+    """``fit`` with a validation of 24 images in 3 batches of 8."""
+    labels = torch.arange(4).repeat_interleave(6)
+    images = torch.rand(len(labels), 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    return fit(tmp_path, *callbacks, val=DataLoader(TensorImageDataset(images, labels), batch_size=8), **kwargs)
+
+
+class ValidatedEpochs(L.Callback):
+    """The epochs whose validation ran to its end, and the number of queries it scored."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.epochs.append((trainer.current_epoch, int(trainer.callback_metrics["val/num_queries"])))
+
+
+def test_a_sigterm_during_validation_stops_the_fit_once_the_validation_is_over(tmp_path):
+    validated = ValidatedEpochs()
+    with pytest.raises(SIGTERMException):
+        validate_on(tmp_path, SigtermInValidation(epoch=0), PreemptionCheckpoint(), validated)
+    on_exception = tmp_path / "checkpoints" / "on_exception.ckpt"
+    validate_on(tmp_path, PreemptionCheckpoint(), validated, ckpt_path=on_exception)
+    assert validated.epochs == [(0, 24), (1, 24)]
+
+
+def test_a_sigterm_during_the_last_validation_stops_the_fit_with_every_validation_done(tmp_path):
+    validated = ValidatedEpochs()
+    with pytest.raises(SIGTERMException):
+        validate_on(tmp_path, SigtermInValidation(epoch=1), PreemptionCheckpoint(), validated)
+    assert validated.epochs == [(0, 24), (1, 24)]

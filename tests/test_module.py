@@ -4,6 +4,7 @@ import functools
 import math
 import pickle
 import warnings
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -439,6 +440,18 @@ def test_a_network_without_preprocessing_records_none():
     checkpoint = {}
     tiny_module().on_save_checkpoint(checkpoint)
     assert "preprocessing" not in checkpoint
+
+
+def test_a_network_without_preprocessing_records_the_data_module_s_and_gets_it_back_on_loading():
+    settings = {"channels": 3, "image_size": [64, 24], "mean": [0.5] * 3, "std": [0.25] * 3}
+    trained, checkpoint = tiny_module(), {}
+    trained._trainer = SimpleNamespace(datamodule=SimpleNamespace(preprocessing=settings))
+    trained.on_save_checkpoint(checkpoint)
+    assert checkpoint["preprocessing"] == settings
+    loaded = tiny_module()
+    assert loaded.preprocessing is None
+    loaded.on_load_checkpoint(checkpoint)
+    assert loaded.preprocessing == settings
 
 
 # Fine-tuning controls: parameter groups, weight decay, warm-up.

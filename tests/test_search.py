@@ -7,9 +7,11 @@ import pickle
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader
 
 import lit_metric.functional._checks as checks
@@ -22,7 +24,8 @@ from lit_metric.cli import run
 from lit_metric.data import TensorImageDataset
 from lit_metric.search import EmbeddingIndex, embed_batches, embed_images, nearest
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
+CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIG = str(CONFIGS / "digits.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def test_k_larger_than_the_gallery_is_refused_with_the_gallery_size(index):
         index.search(torch.rand(1, 1, 8, 8), k=541)
 
 
-@pytest.mark.parametrize("images", [torch.rand(1, 8, 8), torch.rand(2, 3, 8, 8), torch.rand(0, 1, 8, 8)])
+@pytest.mark.parametrize("images", [torch.rand(8, 8), torch.rand(2, 3, 8, 8), torch.rand(0, 1, 8, 8)])
 def test_query_images_must_have_the_gallery_image_shape(index, images):
     with pytest.raises(ValueError, match=r"`images` must be a non-empty tensor of shape \(N, 1, 8, 8\)"):
         index.search(images, k=2)
@@ -211,7 +214,7 @@ def test_image_files_are_read_and_normalised_as_the_model_s_preprocessing_says(t
 
 
 def test_image_files_need_a_model_that_declares_its_preprocessing(index, tmp_path):
-    with pytest.raises(ValueError, match="`paths`: the model declares no preprocessing"):
+    with pytest.raises(ValueError, match="`paths`: the model records no preprocessing"):
         index.search_files([tmp_path / "query.png"])
 
 
@@ -272,3 +275,96 @@ def test_a_checkpoint_of_a_module_built_in_python_serves_searches(tmp_path):
     trainer.fit(module, DataLoader(TensorImageDataset(images, torch.arange(3).repeat(2)), batch_size=6))
     neighbours = nearest(trainer.checkpoint_callback.best_model_path, images, images, k=1)
     assert neighbours.indices.flatten().tolist() == list(range(6))
+
+
+# Search by example: query images in any common form are prepared as the checkpoint records.
+
+
+@pytest.fixture(scope="module")
+def viper_fit(viper_root, tmp_path_factory):
+    """A checkpoint of one step of the VIPeR recipe (RGB, resized to 64x24, normalised), and its data module."""
+    workdir = tmp_path_factory.mktemp("viper_search")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        cli = run(["fit", "--config", str(CONFIGS / "viper.yaml"), f"--data.init_args.root={viper_root}",
+                   "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
+                   "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    return workdir / cli.trainer.checkpoint_callback.last_model_path, cli.datamodule
+
+
+@pytest.fixture(scope="module")
+def viper_index(viper_fit):
+    checkpoint, datamodule = viper_fit
+    return EmbeddingIndex.from_checkpoint(checkpoint, datamodule.eval_set)
+
+
+def test_a_checkpoint_records_the_preprocessing_of_the_data_module_that_trained_it(viper_fit):
+    checkpoint, datamodule = viper_fit
+    recorded = torch.load(checkpoint, weights_only=True)["preprocessing"]
+    assert recorded == datamodule.preprocessing
+    assert recorded == {"channels": 3, "image_size": [64, 24], "mean": [0.5] * 3, "std": [0.25] * 3}
+    assert MetricLearningModule.load_from_checkpoint(checkpoint).preprocessing == recorded
+
+
+def test_one_image_in_every_form_finds_what_its_evaluation_item_finds(viper_fit, viper_index):
+    checkpoint, datamodule = viper_fit
+    item = datamodule.eval_set[5]  # decoded, resized and normalised by the data module
+    expected = viper_index.search(item["image"].unsqueeze(0), k=4)
+    assert expected.scores[0, 0] > 0.999  # a gallery image finds itself (or its copy from the other camera) first
+    path = item["path"]
+    pixels = np.array(Image.open(path))  # (H, W, 3) uint8, as PIL gives it
+    chw = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) uint8, as torchvision gives it
+    forms = {
+        "path": path, "Path": Path(path), "list of paths": [path], "PIL image": Image.open(path),
+        "uint8 HWC array": pixels, "uint8 NHWC array": pixels[None], "uint8 CHW tensor": chw,
+        "uint8 NCHW tensor": chw[None], "float HWC array": pixels / 255, "list of mixed forms": [pixels, chw],
+    }
+    for form, images in forms.items():
+        found = viper_index.search(images, k=4)
+        assert torch.equal(found.indices[:1], expected.indices), form
+        assert torch.allclose(found.scores[:1], expected.scores, atol=1e-6), form
+    for images in (chw.float() / 255, chw[None].float() / 255):  # float tensors are pixels when asked
+        found = viper_index.search(images, k=4, preprocess=True)
+        assert torch.equal(found.indices, expected.indices)
+    assert torch.equal(nearest(checkpoint, datamodule.eval_set, path, k=4).indices, expected.indices)
+
+
+def test_a_prepared_float_tensor_is_searched_as_it_is_with_or_without_a_batch_dimension(viper_fit, viper_index):
+    _, datamodule = viper_fit
+    prepared = datamodule.eval_set[7]["image"]
+    with_batch, without = viper_index.search(prepared[None], k=3), viper_index.search(prepared, k=3)
+    assert torch.equal(with_batch.indices, without.indices) and torch.equal(with_batch.scores, without.scores)
+    assert torch.equal(viper_index.search(prepared, k=3, preprocess=False).indices, with_batch.indices)
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs", "message"),
+    [
+        (42, {}, "`images` must be an image file path, a PIL image, an array or tensor of pixels"),
+        ([], {}, "`images` must be an image file path"),
+        (np.zeros((0, 8, 8, 3), np.uint8), {}, r"`images` must hold at least one image, got shape \(0, 8, 8, 3\)"),
+        (np.zeros((8, 8, 2), np.uint8), {}, r"`images` must be one image of shape \(H, W, C\) or \(H, W\), with C 1, 3 or 4; got shape \(8, 8, 2\)"),
+        (torch.zeros(8, 8, 3, dtype=torch.uint8), {}, r"`images` must be one image of shape \(C, H, W\) or \(H, W\), with C 1, 3 or 4; got shape \(8, 8, 3\)"),
+        (np.zeros((8, 8), np.int64), {}, "`images` must hold uint8 pixels \\(0-255\\) or floating-point ones \\(0-1\\), got dtype int64"),
+        ([np.zeros((8, 8)), np.full((8, 8), 2.0)], {}, r"`images\[1\]`: floating-point pixels must be finite and in \[0, 1\], got \[2.0, 2.0\]"),
+        (torch.full((3, 8, 8), float("nan")), {"preprocess": True}, r"`images`: floating-point pixels must be finite and in \[0, 1\]"),
+        (Image.fromarray(np.zeros((8, 8), np.float32)), {}, r"`images`: its pixels are floating point \(PIL mode 'F'\)"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), {"preprocess": False}, "`images` must be a floating-point tensor of prepared images with `preprocess=False`, got dtype torch.uint8"),
+        ("nowhere.png", {}, "cannot read image 'nowhere.png'"),
+    ],
+)
+def test_query_images_of_no_known_form_are_refused_by_name(viper_index, images, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        viper_index.search(images, k=2, **kwargs)
+
+
+def test_query_examples_need_a_model_that_records_its_preprocessing(index):
+    with pytest.raises(ValueError, match="`images`: the model records no preprocessing .* pass a float tensor"):
+        index.search(np.zeros((8, 8), np.uint8), k=2)
+
+
+def test_query_examples_of_different_sizes_need_an_image_size(viper_index):
+    unsized = EmbeddingIndex(viper_index.model, viper_index.embeddings, preprocessing={
+        "channels": 3, "image_size": None, "mean": None, "std": None})
+    with pytest.raises(ValueError, match=r"`images` must share one size, .* got \[\(3, 8, 8\), \(3, 9, 8\)\]"):
+        unsized.search([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], k=2)

@@ -42,6 +42,11 @@ class BackboneFreeze(BaseFinetuning):
                 "embedding net has no `backbone` module)"
             )
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed within an epoch, or after its last batch, starts training without the on_train_epoch_start
+        # where BaseFinetuning freezes: the epoch it resumes in is frozen or thawed here.
+        self.finetune_function(pl_module, trainer.current_epoch, trainer.optimizers[0])
+
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         backbone = pl_module.backbone
         if epoch < self.epochs:

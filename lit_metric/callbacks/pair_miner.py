@@ -129,6 +129,9 @@ class PairMiner(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        # Lightning does not call on_train_epoch_start in a run resumed from a checkpoint taken within an epoch or
+        # after its last batch, so the settings are derived from the epoch here too: they need no checkpoint entry.
+        self._in_use = self.settings_at(trainer.current_epoch)
         # A batch that the module does not mine (a subclass may skip some) must not log the previous batch's numbers.
         self.statistics = {}
 

@@ -4,6 +4,7 @@ from lit_metric.data.retrieval_benchmarks import BenchmarkDataModule
 from lit_metric.data.datasets import TensorImageDataset
 from lit_metric.data.digits import DigitsDataModule
 from lit_metric.data.image_folder import ImageFileDataset, ImageFolderDataModule
+from lit_metric.data.loaders import PKDataLoader
 from lit_metric.data.reid import ReIDDataModule
 from lit_metric.data.samplers import PKSampler
 from lit_metric.data.transforms import load_image
@@ -13,6 +14,7 @@ __all__ = [
     "DigitsDataModule",
     "ImageFileDataset",
     "ImageFolderDataModule",
+    "PKDataLoader",
     "PKSampler",
     "ReIDDataModule",
     "TensorImageDataset",

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from lit_metric.data.loaders import eval_loader, pk_train_loader
 from lit_metric.data.samplers import check_pk_labels
-from lit_metric.data.transforms import image_size_of, load_image
+from lit_metric.data.transforms import check_augmentation, image_size_of, load_image
 
 __all__ = ["ImageFileDataset", "ImageFolderDataModule", "natural_key", "preprocessing_for", "resolve_root"]
 
@@ -35,8 +35,9 @@ class ImageFileDataset(Dataset):
     in this data set. Pixels are in ``[0, 1]`` before ``transforms``.
 
     Every file is checked when the data set is built, so that an unreadable image fails at setup, named by its
-    path: ``in_memory`` decodes all of them once into a uint8 tensor, otherwise only their headers are read and
-    each item is decoded when it is fetched.
+    path: ``in_memory`` decodes all of them once into a uint8 tensor; otherwise each item is decoded when it is
+    fetched, and ``verify`` decodes every file once beforehand (:func:`~lit_metric.data.transforms.image_size_of`),
+    without keeping the pixels. A file that fails when it is fetched, e.g. changed on disk since, is named too.
 
     Args:
         paths: the image files.
@@ -46,6 +47,7 @@ class ImageFileDataset(Dataset):
         transforms: applied in order to each ``(C, H, W)`` float image, e.g. augmentation then normalisation.
         extras: ``(N,)`` tensors added to the items under their key, e.g. ``{"camera": ...}``.
         in_memory: decode all images at construction instead of at every fetch.
+        verify: without ``in_memory``, decode every file at construction to check it, rather than only its header.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ImageFileDataset(Dataset):
         transforms: Sequence[Transform] = (),
         extras: Mapping[str, Tensor] | None = None,
         in_memory: bool = True,
+        verify: bool = True,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         if not self.paths:
@@ -77,7 +80,7 @@ class ImageFileDataset(Dataset):
             self._check_one_size([tuple(image.shape[1:]) for image in images])
             self.images = torch.stack(images)
         else:
-            sizes = [image_size_of(path) for path in self.paths]
+            sizes = [image_size_of(path, verify) for path in self.paths]
             if image_size is None:
                 self._check_one_size(sizes)
 
@@ -145,7 +148,13 @@ def resolve_root(root: str | Path | None, root_env: str | None) -> Path:
 
 
 def transforms_for(augmentation: nn.Module | None, mean: Sequence[float] | None, std: Sequence[float] | None):
-    """The training and evaluation transform lists: augmentation only in training, normalisation in both."""
+    """The training and evaluation transform lists: augmentation only in training, normalisation in both.
+
+    Raises:
+        ValueError: naming ``mean`` and ``std`` when they do not match or ``std`` is not positive, and naming
+            ``augmentation`` when :func:`~lit_metric.data.transforms.check_augmentation` refuses it.
+    """
+    check_augmentation(augmentation)
     if (mean is None) != (std is None):
         raise ValueError("`mean` and `std` must be given together, or neither")
     normalize = []
@@ -245,6 +254,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation, test and predict.
         num_workers: data loader workers.
         in_memory: decode all images once at setup (small data sets) instead of at every fetch.
+        verify: without ``in_memory``, decode every image once at setup to check it, so that a corrupt file fails
+            there, named, rather than when training first draws it; ``false`` reads only the headers.
         seed: seed of the fraction split and of the sampler.
     """
 
@@ -268,6 +279,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         in_memory: bool = True,
+        verify: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -325,6 +337,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 image_size=self.preprocessing["image_size"],
                 transforms=self.train_transforms if is_train else self.eval_transforms,
                 in_memory=hp.in_memory,
+                verify=hp.verify,
             )
         self.train_set = datasets[tuple(self.split["train"])]
         self.val_set = datasets[tuple(self.split["val"])]

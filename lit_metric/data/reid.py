@@ -241,6 +241,8 @@ class ReIDDataModule(L.LightningDataModule):
         num_workers: data loader workers.
         in_memory: decode all images once at setup instead of at every fetch (Market-1501 is about 1 GB as
             uint8; keep it on disk).
+        verify: without ``in_memory``, decode every image once at setup to check it, so that a corrupt file fails
+            there, named, rather than when training first draws it; ``false`` reads only the headers.
         seed: seed of the VIPeR splits and of the sampler.
     """
 
@@ -262,6 +264,7 @@ class ReIDDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         in_memory: bool = True,
+        verify: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -375,6 +378,7 @@ class ReIDDataModule(L.LightningDataModule):
             transforms=transforms,
             extras={"camera": cameras, **flags},
             in_memory=self.hparams.in_memory,
+            verify=self.hparams.verify,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -202,6 +202,7 @@ class BenchmarkDataModule(ImageFolderDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         in_memory: bool = False,
+        verify: bool = True,
         seed: int = 0,
     ) -> None:
         if benchmark not in BENCHMARKS:
@@ -220,6 +221,7 @@ class BenchmarkDataModule(ImageFolderDataModule):
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             in_memory=in_memory,
+            verify=verify,
             seed=seed,
         )
         self.benchmark = benchmark

@@ -71,6 +71,9 @@ class PKSampler(DistributedSampler):
     epoch: the documented ``drop_last`` that keeps every rank's batches full and equal in number, so no rank waits
     at a collective for a batch that never comes.
 
+    :meth:`resume` starts the next iteration partway through an epoch, where a checkpoint left it;
+    :class:`~lit_metric.data.PKDataLoader` calls it when Lightning restores a checkpoint.
+
     Args:
         labels: the class of every dataset item, in dataset order.
         classes_per_batch: P, distinct classes in each batch.
@@ -113,6 +116,7 @@ class PKSampler(DistributedSampler):
         self.seed = seed
         self.replacement = replacement
         self.epoch = 0
+        self._start = 0
         self._cache: tuple[tuple[int, int], list[torch.Tensor]] | None = None
         # One sort instead of a comparison of all labels per class, which is quadratic on data sets of many classes.
         self._members = list(torch.argsort(labels, stable=True).split(counts.tolist()))
@@ -199,11 +203,24 @@ class PKSampler(DistributedSampler):
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"`rank` must be in [0, {self.num_replicas}), got {self.rank}")
         self._check_batches_per_rank()
-        return iter(torch.cat(self.global_batches()[self.rank :: self.num_replicas]).tolist())
+        batches = self.global_batches()[self.rank :: self.num_replicas][self._start :]
+        # Only the iteration that resumes starts partway; the epochs after it are whole.
+        self._start = 0
+        return iter(torch.cat(batches).tolist())
+
+    @property
+    def batches_per_rank(self) -> int:
+        """The batches each process gets in an epoch."""
+        self._check_batches_per_rank()
+        return self._num_batches // self.num_replicas
+
+    @property
+    def resume_point(self) -> int:
+        """The batch of this process's epoch that the next iteration starts from: 0 but after :meth:`resume`."""
+        return self._start
 
     def __len__(self) -> int:
-        self._check_batches_per_rank()
-        return self._num_batches // self.num_replicas * self.batch_size
+        return self.batches_per_rank * self.batch_size
 
     def _check_batches_per_rank(self) -> None:
         # An empty epoch would make Lightning skip training with no more than a warning.
@@ -215,4 +232,29 @@ class PKSampler(DistributedSampler):
             )
 
     def set_epoch(self, epoch: int) -> None:
+        # A resume point belongs to its epoch: moving to another one drops it.
+        if epoch != self.epoch:
+            self._start = 0
         self.epoch = epoch
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration yield ``epoch`` from this process's batch ``batches_done`` on, the batches a run
+        interrupted there had still to train on; the iterations after it yield whole epochs.
+
+        Args:
+            epoch: the epoch the interrupted run was in.
+            batches_done: batches of that epoch this process had trained on, from 0 to :attr:`batches_per_rank`; a
+                finished epoch resumes at the start of the next one.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"`epoch` must be an integer >= 0, got {epoch!r}")
+        per_rank = self.batches_per_rank
+        if isinstance(batches_done, bool) or not isinstance(batches_done, int) or not 0 <= batches_done <= per_rank:
+            raise ValueError(
+                f"`batches_done` must be an integer from 0 to the {per_rank} batches of an epoch, got "
+                f"{batches_done!r}; resume with the labels, `classes_per_batch`, `samples_per_class` and number of "
+                "processes the run was saved with"
+            )
+        if batches_done == per_rank:
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self._start = epoch, batches_done

@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lit_metric import BackboneEmbedder, BackboneFreeze, ConvEmbedder, MetricLearningModule
@@ -42,13 +43,14 @@ class ModeRecorder(L.Callback):
         )
 
 
-def fit(module, epochs, freeze, **kwargs):
+def fit(module, epochs, freeze, callbacks=(), ckpt_path=None, **kwargs):
     recorder = ModeRecorder()
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[BackboneFreeze(freeze), recorder], **kwargs,
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=bool(callbacks),
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[BackboneFreeze(freeze), recorder, *callbacks],
+        **kwargs,
     )
-    trainer.fit(module, rgb_loader(), rgb_loader(1))
+    trainer.fit(module, rgb_loader(), rgb_loader(1), ckpt_path=ckpt_path, weights_only=True)
     return recorder.steps
 
 
@@ -78,6 +80,18 @@ def test_the_backbone_trains_from_the_epoch_it_thaws():
     after = module.backbone.state_dict()
     assert not torch.equal(before["conv1.0.weight"], after["conv1.0.weight"])
     assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
+
+
+def test_a_run_resumed_within_a_frozen_epoch_or_after_its_last_batch_keeps_the_backbone_frozen(tmp_path):
+    # Two batches an epoch: steps 1 and 2 are within and at the end of the first frozen epoch.
+    uninterrupted = fit(backbone_module(), epochs=3, freeze=2, callbacks=[checkpoint_every_step(tmp_path)])
+    for step in (1, 2):
+        resumed = fit(backbone_module(), epochs=3, freeze=2, ckpt_path=tmp_path / f"step={step}.ckpt")
+        assert resumed == uninterrupted[step:]
+
+
+def checkpoint_every_step(directory):
+    return ModelCheckpoint(directory, "{step}", every_n_train_steps=1, save_top_k=-1)
 
 
 def test_a_module_without_a_backbone_is_named():

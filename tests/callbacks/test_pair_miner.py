@@ -209,6 +209,13 @@ def test_resuming_at_an_epoch_applies_the_base_settings_and_every_schedule_entry
     assert miner.settings == {**PairMiner().settings, "strategy": "hard", "margin": 0.3}
 
 
+def test_a_run_resumed_within_an_epoch_mines_with_that_epoch_s_settings():
+    # Lightning does not call on_train_epoch_start when a run resumes within an epoch, or after its last batch.
+    miner = PairMiner(schedule=[{"epoch": 1, "strategy": "hard", "margin": 0.2}])
+    miner.on_train_batch_start(SimpleNamespace(current_epoch=1), module(), batch(), 0)
+    assert miner.settings == {**PairMiner().settings, "strategy": "hard", "margin": 0.2}
+
+
 def test_the_miner_is_configured_from_yaml_with_a_schedule():
     parser = jsonargparse.ArgumentParser()
     parser.add_class_arguments(PairMiner, "miner")
@@ -327,7 +334,7 @@ def test_a_batch_that_is_not_mined_logs_no_statistics():
     miner.mine(torch.rand(4, 4), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]))
     assert miner.statistics
     pl_module = SimpleNamespace(log=lambda name, *args, **kwargs: logged.append(name))
-    miner.on_train_batch_start(None, pl_module, None, 1)
+    miner.on_train_batch_start(SimpleNamespace(current_epoch=0), pl_module, None, 1)
     miner.on_train_batch_end(None, pl_module, None, None, 1)
     assert miner.statistics == {} and logged == []
 

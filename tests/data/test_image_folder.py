@@ -262,6 +262,57 @@ def test_unreadable_image_is_named_by_its_path(mixed_folder):
             datamodule.setup("fit")
 
 
+def cut(path, write_image):
+    """Overwrite the image ``path`` with a 64x48 one cut to 60% of its bytes: its header stays whole, its pixel data
+    does not."""
+    write_image(path, (64, 48), "RGB")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    return path
+
+
+def test_a_truncated_image_on_disk_fails_at_setup_named_not_when_first_drawn(mixed_folder, write_image):
+    broken = cut(mixed_folder / "eel" / "2.jpg", write_image)
+    datamodule = ImageFolderDataModule(root=str(mixed_folder), image_size=(8, 8), in_memory=False, **SMALL_BATCHES)
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image '{broken}': ")):
+        datamodule.setup("fit")
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_image_that_breaks_after_setup_is_named_when_drawn(mixed_folder, write_image, monkeypatch, verify):
+    datamodule = ImageFolderDataModule(
+        root=str(mixed_folder), image_size=(8, 8), in_memory=False, verify=verify, val_fraction=0.4, **SMALL_BATCHES
+    )
+    datamodule.setup("fit")
+    dataset = datamodule.train_set
+    broken = cut(dataset.paths[1], write_image)  # changed on disk since setup
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image '{broken}': ")):
+        dataset[1]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # every image is a decompression bomb now
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image '{dataset.paths[0]}'") + ".*MAX_IMAGE_PIXELS"):
+        dataset[0]
+
+
+def test_verify_false_reads_only_headers_at_setup(mixed_folder, write_image):
+    broken = cut(mixed_folder / "eel" / "2.jpg", write_image)
+    datamodule = ImageFolderDataModule(
+        root=str(mixed_folder), image_size=(8, 8), in_memory=False, verify=False, **SMALL_BATCHES
+    )
+    datamodule.setup("fit")
+    (dataset,) = [d for d in (datamodule.train_set, datamodule.val_set) if broken in d.paths]
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image '{broken}'")):
+        dataset[dataset.paths.index(broken)]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_decompression_bombs_are_refused_at_setup_by_name(mixed_folder, write_image, monkeypatch, in_memory):
+    bomb = write_image(mixed_folder / "cat" / "4.pgm", (40, 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1200 pixels: past PIL's limit, short of twice it
+    datamodule = ImageFolderDataModule(root=str(mixed_folder), image_size=(8, 8), in_memory=in_memory, **SMALL_BATCHES)
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image '{bomb}'") + r".*MAX_IMAGE_PIXELS \(1000\)"):
+        datamodule.setup("fit")
+
+
 def test_split_leaving_a_class_with_fewer_than_k_images_names_the_class(tmp_path, write_image):
     root = tmp_path / "faces"
     for person in range(1, 5):

@@ -162,6 +162,16 @@ def test_viper_cameras_that_do_not_pair_up_are_named(viper_root, tmp_path):
         viper(root)
 
 
+@pytest.mark.parametrize("person", ["000", "003"])  # one of the training people, one of the test people
+def test_a_truncated_image_fails_at_setup_named_when_read_from_disk(viper_root, tmp_path, person):
+    root = tmp_path / "viper"
+    shutil.copytree(viper_root, root)
+    broken = root / "cam_b" / f"{person}_90.bmp"
+    broken.write_bytes(broken.read_bytes()[:-100])  # the header is whole, the last rows of pixels are missing
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image '{broken}': image file is truncated")):
+        viper(root, in_memory=False)
+
+
 def test_viper_without_a_camera_folder_is_named(viper_root, tmp_path):
     root = tmp_path / "viper"
     shutil.copytree(viper_root / "cam_a", root / "cam_a")

@@ -132,3 +132,47 @@ def test_invalid_arguments_are_value_errors(kwargs, message):
 def test_float_labels_are_a_value_error():
     with pytest.raises(ValueError, match=r"`labels` must be a 1-D sequence of integers"):
         PKSampler(LABELS.float(), classes_per_batch=3, samples_per_class=2)
+
+
+def test_resume_yields_the_rest_of_the_epoch_then_whole_epochs():
+    sampler = PKSampler(LABELS, classes_per_batch=3, samples_per_class=2, num_replicas=2, rank=1, seed=7)
+    whole = {epoch: shards(2, epoch)[1] for epoch in (2, 3)}
+    sampler.resume(epoch=2, batches_done=3)
+    assert sampler.resume_point == 3
+    assert rank_batches(sampler) == whole[2][3:]
+    # Lightning sets the epoch it resumes in again before iterating, which must not drop the resume point.
+    sampler.resume(epoch=2, batches_done=3)
+    sampler.set_epoch(2)
+    assert rank_batches(sampler) == whole[2][3:]
+    assert rank_batches(sampler) == whole[2]
+    sampler.set_epoch(3)
+    assert rank_batches(sampler) == whole[3]
+
+
+def test_a_resume_point_is_dropped_when_the_epoch_changes():
+    sampler = PKSampler(LABELS, classes_per_batch=3, samples_per_class=2, seed=7)
+    sampler.resume(epoch=2, batches_done=3)
+    sampler.set_epoch(4)
+    assert sampler.resume_point == 0 and rank_batches(sampler) == shards(1, 4)[0]
+
+
+def test_a_finished_epoch_resumes_at_the_start_of_the_next():
+    sampler = PKSampler(LABELS, classes_per_batch=3, samples_per_class=2, seed=7)
+    sampler.resume(epoch=2, batches_done=sampler.batches_per_rank)
+    assert (sampler.epoch, sampler.resume_point) == (3, 0)
+    assert rank_batches(sampler) == shards(1, 3)[0]
+
+
+@pytest.mark.parametrize(
+    "epoch, batches_done, message",
+    [
+        (-1, 0, r"`epoch` must be an integer >= 0, got -1"),
+        (1, 11, r"`batches_done` must be an integer from 0 to the 10 batches of an epoch, got 11; resume with the"),
+        (1, -1, r"`batches_done` must be an integer from 0 to the 10 batches of an epoch, got -1"),
+        (1, 2.0, r"`batches_done` must be an integer from 0 to the 10 batches of an epoch, got 2.0"),
+    ],
+)
+def test_a_resume_point_outside_the_epoch_is_a_value_error(epoch, batches_done, message):
+    sampler = PKSampler(LABELS, classes_per_batch=3, samples_per_class=2)
+    with pytest.raises(ValueError, match=message):
+        sampler.resume(epoch, batches_done)
