@@ -204,6 +204,8 @@ class RetrievalMetrics(RecordsArguments, Metric):
                 )
         embeddings = _concatenated(self.embeddings)
         copies = (copy_of != torch.arange(len(indexes), device=indexes.device)).nonzero().squeeze(1)
+        if len(copies) == 0:  # indexes out of order, as a DDP gather leaves them, but none repeated
+            return
         copy, original = (unit_rows(embeddings[rows], torch.float32) for rows in (copies, copy_of[copies]))
         distance = torch.linalg.vector_norm(copy - original, dim=1)
         tolerance = max(_COPY_TOLERANCE, 8 * torch.finfo(embeddings.dtype).eps)

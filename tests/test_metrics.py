@@ -129,6 +129,15 @@ def test_copies_with_equal_indexes_may_differ_in_the_last_bits_but_not_in_direct
         metric.compute()
 
 
+def test_items_out_of_index_order_without_copies_are_scored_as_given():
+    # A DDP gather interleaves the processes' items: indexes out of order, none repeated.
+    x, labels, _, _ = make_data()
+    order = torch.randperm(45, generator=torch.Generator().manual_seed(0))
+    metric = RetrievalMetrics(metrics=ALL)
+    metric.update(x[order], labels[order], order)
+    assert_same(metric.compute(), retrieval_metrics(x, labels, metrics=ALL))
+
+
 def test_compute_after_updates_without_items_says_that_no_item_came():
     # It used to blame `is_query`, which no update had given.
     metric = RetrievalMetrics()
