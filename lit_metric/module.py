@@ -268,6 +268,9 @@ class MetricLearningModule(L.LightningModule):
     ) -> Pairs:
         """The miner's :class:`~lit_metric.functional.Pairs` (``M`` and ``W``) for a detached ``(B, R)`` similarity;
         ``(B,)`` ``indexes`` and ``(R,)`` ``reference_indexes`` are dataset indexes (see :meth:`PairMiner.mine`)."""
+        if indexes is None:
+            # The call that a miner overriding `mine` without dataset indexes (and so without a memory) accepts.
+            return self.miner.mine(similarity, labels, reference_labels, anchor_index)
         return self.miner.mine(similarity, labels, reference_labels, anchor_index, indexes, reference_indexes)
 
     def mine_with_memory(
