@@ -598,3 +598,14 @@ def test_a_subclass_overrides_the_memory_hook():
     for step, batch in enumerate(batches):
         torch.testing.assert_close(module.training_step(batch, step), plain.training_step(batch, step))
     assert module.miner.memory.indexes.tolist() == list(range(8))
+
+
+def test_a_memory_restored_for_a_network_of_another_width_is_refused_not_reset():
+    saved = PairMiner(memory_size=8)
+    FixedMinerModule(torch.nn.Linear(6, 4).double(), saved).training_step(items_batch([0, 1, 2, 3], seed=1), 0)
+    miner = PairMiner(memory_size=8)
+    miner.load_state_dict(saved.state_dict())
+    module = FixedMinerModule(torch.nn.Linear(6, 3).double(), miner)
+    with pytest.raises(ValueError, match=r"the memory holds embeddings of width 4, got embeddings of width 3"):
+        module.training_step(items_batch([4, 5, 6, 7], seed=2), 1)
+    assert miner.memory.indexes.tolist() == [0, 1, 2, 3]
