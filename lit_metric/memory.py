@@ -67,7 +67,8 @@ class CrossBatchMemory:
                 f"{embeddings.shape[1]}: a network of another embedding width cannot reuse the memory (e.g. one "
                 "resumed from a checkpoint); train it from a checkpoint without the memory or without `memory_size`"
             )
-        new = (embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32)), labels.long(), indexes.long())
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        new = (embeddings.detach().to(dtype), labels.long(), indexes.long())
         held = (self.embeddings, self.labels, self.indexes) if len(self) else tuple(rows[:0] for rows in new)
         # Only the rows that stay are copied, so the memory never holds more than `size` rows.
         start = max(len(self) + len(embeddings) - self.size, 0)
@@ -77,7 +78,9 @@ class CrossBatchMemory:
 
     def to(self, device: torch.device | str) -> CrossBatchMemory:
         """Move the rows to ``device``, e.g. a memory that a checkpoint restored on the CPU to the network's GPU."""
-        self.embeddings, self.labels, self.indexes = (rows.to(device) for rows in (self.embeddings, self.labels, self.indexes))
+        self.embeddings, self.labels, self.indexes = (
+            rows.to(device) for rows in (self.embeddings, self.labels, self.indexes)
+        )
         return self
 
     def state_dict(self) -> dict[str, Any]:
