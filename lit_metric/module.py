@@ -267,7 +267,8 @@ class MetricLearningModule(L.LightningModule):
         reference_indexes: Tensor | None = None,
     ) -> Pairs:
         """The miner's :class:`~lit_metric.functional.Pairs` (``M`` and ``W``) for a detached ``(B, R)`` similarity;
-        ``(B,)`` ``indexes`` and ``(R,)`` ``reference_indexes`` are dataset indexes (see :meth:`PairMiner.mine`)."""
+        ``(B,)`` ``indexes`` and ``(R,)`` ``reference_indexes`` are dataset indexes
+        (:meth:`~lit_metric.PairMiner.mine`)."""
         if indexes is None:
             # The call that a miner overriding `mine` without dataset indexes (and so without a memory) accepts.
             return self.miner.mine(similarity, labels, reference_labels, anchor_index)
@@ -297,25 +298,29 @@ class MetricLearningModule(L.LightningModule):
             embeddings: ``(B, D)`` embeddings of this process's batch, the anchors.
             labels: ``(B,)`` their labels.
             indexes: ``(B,)`` their dataset indexes, so that an anchor's earlier embedding is never its positive.
-            reference, reference_labels, anchor_index: :meth:`gather_reference`'s ``(R, D)``, ``(R,)`` and ``(B,)``.
+            reference: ``(R, D)`` global batch from :meth:`gather_reference`, with gradients.
+            reference_labels: ``(R,)`` its labels.
+            anchor_index: ``(B,)`` position of each anchor among its rows.
 
         Returns:
-            ``(similarity, pairs)``: the ``(B, R')`` similarity, with gradients, and its :class:`Pairs`.
+            ``(similarity, pairs)``: the ``(B, R')`` similarity, with gradients, and its
+            :class:`~lit_metric.functional.Pairs`.
         """
         reference_indexes = gather_rows(indexes.long(), gather_sizes(len(indexes), indexes.device))
-        earlier = (memory.embeddings, memory.labels, memory.indexes)
+        # The memory's tensors are replaced by the append, not written into: these keep the rows from before it.
+        earlier_embeddings, earlier_labels, earlier_indexes = memory.embeddings, memory.labels, memory.indexes
         memory.append(reference, reference_labels, reference_indexes)
         if not self.miner.batch_as_reference:
             similarity = self.similarity(embeddings, memory.embeddings)
             pairs = self.mine(similarity.detach(), labels, memory.labels, None, indexes, memory.indexes)
             return similarity, pairs
         similarity = self.similarity(embeddings, reference)
-        if len(earlier[0]):
+        if len(earlier_embeddings):
             # Two products rather than one against the joined references, whose backward would also compute the
             # memory's (discarded) gradient.
-            similarity = torch.cat([similarity, self.similarity(embeddings, earlier[0])], dim=1)
-            reference_labels = torch.cat([reference_labels.long(), earlier[1]])
-            reference_indexes = torch.cat([reference_indexes, earlier[2]])
+            similarity = torch.cat([similarity, self.similarity(embeddings, earlier_embeddings)], dim=1)
+            reference_labels = torch.cat([reference_labels.long(), earlier_labels])
+            reference_indexes = torch.cat([reference_indexes, earlier_indexes])
         pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index, indexes, reference_indexes)
         return similarity, pairs
 

@@ -70,3 +70,12 @@ def test_fault_injection_kills_a_run_with_each_signal_during_a_save_and_both_res
     assert (summary["sigterm"], summary["sigkill"], summary["kills_during_save"]) == (1, 1, 2)
     assert summary["same_weights_and_metrics"] == 2
     assert summary["orphan_bytes"] == 0
+
+
+def test_memory_benchmark_prints_each_strategy_with_and_without_the_memory():
+    out = run("memory.py", "--batch", "32", "--memory", "64", "--dim", "16", "--repeats", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [(row[0].strip(), row[1].strip()) for row in rows] == [
+        (strategy, memory) for strategy in ("all", "hard", "topk_negatives") for memory in ("-", "64")
+    ]
+    assert all(float(row[3]) == 1.0 for row in rows[::2])
