@@ -3,7 +3,6 @@ configuration and mixed precision."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_metric import ConvEmbedder, MetricLearningModule, PairMiner
-from lit_metric.data import TensorImageDataset
+from lit_metric.data import PKDataLoader, PKSampler, TensorImageDataset
 from lit_metric.functional import Pairs, binomial_deviance_of_pairs, cosine_similarity
 from lit_metric.functional._blocks import row_blocks
 from lit_metric.functional.mining import mining_statistics, pair_counts, pair_masks, pair_weights, select_pairs
@@ -470,46 +469,17 @@ def test_every_fit_starts_with_an_empty_memory():
     assert miner.memory.indexes.tolist() == [0, 1, 2, 3]
 
 
-class ResumableLoader(DataLoader):
-    """Batches in a fixed order whose state is the number of batches trained in the epoch, so that a fit resumed
-    mid-epoch goes on with the next batch, as a stateful sampler lets it."""
-
-    def __init__(self, dataset, batch_size):
-        super().__init__(dataset, batch_size=batch_size)
-        self.trained = self.skip = 0
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        return itertools.islice(super().__iter__(), skip, None)
-
-    def state_dict(self):
-        return {"trained": self.trained}
-
-    def load_state_dict(self, state):
-        self.skip = state["trained"]
-
-
-class CountTrainedBatches(L.Callback):
-    def __init__(self, loader):
-        self.loader = loader
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.loader.trained = self.loader.skip
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.loader.trained += 1
-
-
 def fit_with_memory(tmp_path, ckpt_path=None):
-    """Three epochs of 4 steps with a memory of 10 rows, checkpointed every 6 steps; the module and the miner."""
+    """Three epochs of 4 P x K batches (2 x 3) with a memory of 10 rows, checkpointed every 6 steps; the module and
+    the miner. The PKDataLoader resumes mid-epoch with the batches that the interrupted fit had still to train on."""
     images, labels = batch(classes=4, per_class=6)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
-    data = ResumableLoader(TensorImageDataset(images[order], labels[order]), batch_size=6)
+    sampler = PKSampler(labels, classes_per_batch=2, samples_per_class=3, seed=1)
+    data = PKDataLoader(TensorImageDataset(images, labels), sampler=sampler, batch_size=sampler.batch_size)
     miner = PairMiner(strategy="hard", weighting="per_anchor", memory_size=10)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=-1)
-    fit_trainer = trainer(callbacks=[miner, CountTrainedBatches(data), checkpoints], max_epochs=3, enable_checkpointing=True)
+    fit_trainer = trainer(callbacks=[miner, checkpoints], max_epochs=3, enable_checkpointing=True)
     fitted = module()
-    fit_trainer.fit(fitted, data, ckpt_path=ckpt_path, weights_only=False)
+    fit_trainer.fit(fitted, data, ckpt_path=ckpt_path)
     return fitted, miner
 
 
@@ -517,7 +487,7 @@ def test_a_fit_resumed_mid_epoch_continues_with_the_checkpoints_memory(tmp_path)
     whole, whole_miner = fit_with_memory(tmp_path)
     # Step 6 is the second of epoch 1's four batches.
     checkpoint = tmp_path / "epoch=1-step=6.ckpt"
-    saved = torch.load(checkpoint, weights_only=False)["callbacks"]["PairMiner"]["memory"]
+    saved = torch.load(checkpoint, weights_only=True)["callbacks"]["PairMiner"]["memory"]
     assert saved["indexes"].shape == (10,) and saved["embeddings"].shape == (10, 8)
     resumed, resumed_miner = fit_with_memory(tmp_path / "resumed", ckpt_path=checkpoint)
     for name in ("embeddings", "labels", "indexes"):
