@@ -24,6 +24,7 @@ from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.pairs import Pairs
 from lit_metric.hparams import Unrecorded, as_config
 from lit_metric.losses import BinomialDevianceLoss
+from lit_metric.memory import CrossBatchMemory
 from lit_metric.metrics import RetrievalMetrics
 
 __all__ = ["MetricLearningModule"]
@@ -40,8 +41,9 @@ class MetricLearningModule(L.LightningModule):
     """Trains ``embedding_net`` with ``criterion`` on the global batch and logs retrieval metrics.
 
     Batches are dicts with at least ``"image"`` and ``"label"``; evaluation batches also carry the dataset
-    ``"index"`` and, for re-ID, ``"camera"``, ``"is_query"`` and ``"is_gallery"``. Each step of the work is its
-    own method (:meth:`embed`, :meth:`gather_reference`, :meth:`similarity`, :meth:`mine`) so that a subclass
+    ``"index"`` and, for re-ID, ``"camera"``, ``"is_query"`` and ``"is_gallery"``; so do training batches when the
+    miner has a cross-batch memory. Each step of the work is its own method (:meth:`embed`, :meth:`gather_reference`,
+    :meth:`similarity`, :meth:`mine`, and :meth:`mine_with_memory` with the miner's memory) so that a subclass
     changes one thing at a time.
 
     Args:
@@ -266,10 +268,71 @@ class MetricLearningModule(L.LightningModule):
         return miners[0] if miners else self._default_miner
 
     def mine(
-        self, similarity: Tensor, labels: Tensor, reference_labels: Tensor, anchor_index: Tensor
+        self,
+        similarity: Tensor,
+        labels: Tensor,
+        reference_labels: Tensor,
+        anchor_index: Tensor | None,
+        indexes: Tensor | None = None,
+        reference_indexes: Tensor | None = None,
     ) -> Pairs:
-        """The miner's :class:`~lit_metric.functional.Pairs` (``M`` and ``W``) for a detached ``(B, R)`` similarity."""
-        return self.miner.mine(similarity, labels, reference_labels, anchor_index)
+        """The miner's :class:`~lit_metric.functional.Pairs` (``M`` and ``W``) for a detached ``(B, R)`` similarity;
+        ``(B,)`` ``indexes`` and ``(R,)`` ``reference_indexes`` are dataset indexes
+        (:meth:`~lit_metric.PairMiner.mine`)."""
+        if indexes is None:
+            # The call that a miner overriding `mine` without dataset indexes (and so without a memory) accepts.
+            return self.miner.mine(similarity, labels, reference_labels, anchor_index)
+        return self.miner.mine(similarity, labels, reference_labels, anchor_index, indexes, reference_indexes)
+
+    def mine_with_memory(
+        self,
+        memory: CrossBatchMemory,
+        embeddings: Tensor,
+        labels: Tensor,
+        indexes: Tensor,
+        reference: Tensor,
+        reference_labels: Tensor,
+        anchor_index: Tensor,
+    ) -> tuple[Tensor, Pairs]:
+        """The reference path with the miner's cross-batch memory: the similarity of the anchors to the references
+        extended with the memory, and its pairs; the global batch joins the memory.
+
+        The references are the global batch followed by the memory's earlier rows, ``(B, R + M)``, or, when the
+        miner's ``batch_as_reference`` is off, the memory alone, which then ends with the batch, detached, ``(B, M)``.
+        The memory's rows are detached: gradients reach the network only through the batch. Under DDP the memory
+        holds the global batches, the same on every process. A subclass overrides this method to change what the
+        memory contributes.
+
+        Args:
+            memory: the miner's memory, in use this step.
+            embeddings: ``(B, D)`` embeddings of this process's batch, the anchors.
+            labels: ``(B,)`` their labels.
+            indexes: ``(B,)`` their dataset indexes, so that an anchor's earlier embedding is never its positive.
+            reference: ``(R, D)`` global batch from :meth:`gather_reference`, with gradients.
+            reference_labels: ``(R,)`` its labels.
+            anchor_index: ``(B,)`` position of each anchor among its rows.
+
+        Returns:
+            ``(similarity, pairs)``: the ``(B, R')`` similarity, with gradients, and its
+            :class:`~lit_metric.functional.Pairs`.
+        """
+        reference_indexes = gather_rows(indexes.long(), gather_sizes(len(indexes), indexes.device))
+        # The memory's tensors are replaced by the append, not written into: these keep the rows from before it.
+        earlier_embeddings, earlier_labels, earlier_indexes = memory.embeddings, memory.labels, memory.indexes
+        memory.append(reference, reference_labels, reference_indexes)
+        if not self.miner.batch_as_reference:
+            similarity = self.similarity(embeddings, memory.embeddings)
+            pairs = self.mine(similarity.detach(), labels, memory.labels, None, indexes, memory.indexes)
+            return similarity, pairs
+        similarity = self.similarity(embeddings, reference)
+        if len(earlier_embeddings):
+            # Two products rather than one against the joined references, whose backward would also compute the
+            # memory's (discarded) gradient.
+            similarity = torch.cat([similarity, self.similarity(embeddings, earlier_embeddings)], dim=1)
+            reference_labels = torch.cat([reference_labels.long(), earlier_labels])
+            reference_indexes = torch.cat([reference_indexes, earlier_indexes])
+        pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index, indexes, reference_indexes)
+        return similarity, pairs
 
     def on_fit_start(self) -> None:
         if not _takes_pairs(self.criterion) and any(isinstance(c, PairMiner) for c in self.trainer.callbacks):
@@ -306,8 +369,15 @@ class MetricLearningModule(L.LightningModule):
         embeddings = self.embed(images)
         reference, reference_labels, anchor_index = self.gather_reference(embeddings, labels)
         if _takes_pairs(self.criterion):
-            similarity = self.similarity(embeddings, reference)
-            pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
+            memory = self.miner.memory_in_use
+            if memory is None:
+                similarity = self.similarity(embeddings, reference)
+                pairs = self.mine(similarity.detach(), labels, reference_labels, anchor_index)
+            else:
+                indexes = _training_indexes(batch, len(images))
+                similarity, pairs = self.mine_with_memory(
+                    memory, embeddings, labels, indexes, reference, reference_labels, anchor_index
+                )
             share = self.criterion.from_pairs(similarity, pairs)
         else:
             share = self.criterion(reference, reference_labels) / world_size()
@@ -446,3 +516,15 @@ def _called_with_embeddings_and_labels(module: nn.Module) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _training_indexes(batch: dict[str, Tensor], size: int) -> Tensor:
+    """The ``(B,)`` dataset indexes of a training batch, which the miner's memory needs."""
+    indexes = batch.get("index")
+    if not isinstance(indexes, Tensor) or indexes.shape != (size,):
+        got = f"shape {tuple(indexes.shape)}" if isinstance(indexes, Tensor) else repr(indexes)
+        raise ValueError(
+            f"the miner's memory needs `batch['index']`, the dataset index of each image, of shape ({size},), so "
+            f"that an anchor's earlier embedding is never its positive; got {got} (lit_metric's data sets yield it)"
+        )
+    return indexes

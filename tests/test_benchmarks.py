@@ -78,3 +78,12 @@ def test_openmp_benchmark_times_both_wait_policies_at_every_stage():
     assert [row[0].strip() for row in rows] == ["unset", "PASSIVE"]
     # Each child ends with torch's OpenMP runtime and faiss's.
     assert [row[-1].strip() for row in rows] == ["2", "2"]
+
+
+def test_memory_benchmark_prints_each_strategy_with_and_without_the_memory():
+    out = run("memory.py", "--batch", "32", "--memory", "64", "--dim", "16", "--repeats", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [(row[0].strip(), row[1].strip()) for row in rows] == [
+        (strategy, memory) for strategy in ("all", "hard", "topk_negatives") for memory in ("-", "64")
+    ]
+    assert all(float(row[3]) == 1.0 for row in rows[::2])

@@ -1,5 +1,6 @@
 """Exact distributed training: two gloo processes on CPU give the loss, gradients and weights of one process that
-sees the whole global batch, and the P x K sampler gives each rank disjoint, class-balanced batches."""
+sees the whole global batch, also with a cross-batch memory, which is the same on every process, and the P x K
+sampler gives each rank disjoint, class-balanced batches."""
 
 from __future__ import annotations
 
@@ -119,6 +120,60 @@ def one_step_with_labels_of_rank_dtype(rank: int, world_size: int) -> tuple[torc
     return gradients(module)
 
 
+def items_batch(items: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """A global batch of dataset ``items``; an item's label is the same in every batch."""
+    labels = torch.randint(5, (40,), generator=torch.Generator().manual_seed(1))[items]
+    images = torch.rand(len(items), 1, 8, 8, generator=torch.Generator().manual_seed(seed)) + labels.view(-1, 1, 1, 1) / 5
+    return {"image": images, "label": labels, "index": items}
+
+
+# The memory is filled by a global batch of items 12-35; the next holds items 0-23, so 12 anchors have an earlier
+# embedding in it.
+MEMORY_BATCHES = [items_batch(torch.arange(12, 36), seed=2), items_batch(torch.arange(24), seed=3)]
+MEMORY_SETTINGS = [dict(settings, batch_as_reference=True) for settings in SETTINGS] + [
+    dict(strategy=strategy, weighting="per_anchor", batch_as_reference=False) for strategy in ("all", "hard")
+]
+
+
+def memory_step(module: MetricLearningModule, batches: list[dict[str, torch.Tensor]], model: nn.Module) -> torch.Tensor:
+    """Fill the memory with the first batch, without gradients, then the loss of the second through ``model``."""
+    with torch.no_grad():
+        module.training_step(batches[0], 0)
+    loss = model(batches[1])
+    loss.backward()
+    return loss.detach()
+
+
+def one_memory_step_per_setting(rank: int, world_size: int) -> list[tuple]:
+    """Each setting's loss share, DDP-averaged gradients and memory after a step against a filled memory."""
+    shards = [{name: value[SHARDS[rank]] for name, value in batch.items()} for batch in MEMORY_BATCHES]
+    results = []
+    for settings in MEMORY_SETTINGS:
+        module = MinerModule(PairMiner(**settings, memory_size=30))
+        loss = memory_step(module, shards, DistributedDataParallel(StepAsForward(module)))
+        memory = module.miner.memory
+        results.append((loss / world_size, gradients(module), (memory.embeddings, memory.labels, memory.indexes)))
+    return results
+
+
+def test_a_step_with_memory_gives_the_single_process_loss_gradients_and_memory_for_every_setting(tmp_path):
+    per_rank = run_processes(one_memory_step_per_setting, tmp_path)
+    for index, settings in enumerate(MEMORY_SETTINGS):
+        module = MinerModule(PairMiner(**settings, memory_size=30))
+        loss = memory_step(module, MEMORY_BATCHES, StepAsForward(module))
+        shares = torch.stack([per_rank[rank][index][0] for rank in range(2)])
+        torch.testing.assert_close(shares.sum(), loss, atol=1e-6, rtol=1e-5, msg=f"loss, {settings}")
+        expected = gradients(module)
+        memory = module.miner.memory
+        for rank in range(2):
+            for name, grad in per_rank[rank][index][1].items():
+                torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"{name}, {settings}")
+            # The global batches, rank 0's rows first, in every process's memory.
+            for held, single in zip(per_rank[rank][index][2], (memory.embeddings, memory.labels, memory.indexes)):
+                torch.testing.assert_close(held, single, atol=1e-6, rtol=1e-5)
+        assert memory.indexes.tolist() == list(range(30, 36)) + list(range(24))
+
+
 def test_processes_may_hold_labels_of_different_integer_widths(tmp_path):
     module = MinerModule(PairMiner())
     module.training_step(global_batch(), 0).backward()
@@ -184,14 +239,17 @@ class Recorder(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
-        torch.save({"steps": self.steps, "weights": weights}, self.directory / f"rank{trainer.global_rank}.pt")
+        recorded = {"steps": self.steps, "weights": weights, "memory": pl_module.miner.memory.state_dict()}
+        torch.save(recorded, self.directory / f"rank{trainer.global_rank}.pt")
 
 
 def fit(directory, loader: DataLoader, **trainer_options) -> None:
     torch.manual_seed(0)
     module = MetricLearningModule(embedding_net(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
-    # Epoch 0 mines all pairs; epoch 1 mines hard pairs weighted per anchor, which needs the all-reduced counts.
-    miner = PairMiner(schedule=[{"epoch": 1, "strategy": "hard", "weighting": "per_anchor", "negative_cost": 4.0}])
+    # Epoch 0 mines all pairs; epoch 1 mines hard pairs weighted per anchor, which needs the all-reduced counts,
+    # against a memory of the last 40 samples of the global batches (24 a step).
+    second = {"epoch": 1, "strategy": "hard", "weighting": "per_anchor", "negative_cost": 4.0, "use_memory": True}
+    miner = PairMiner(memory_size=40, use_memory=False, schedule=[second])
     trainer = L.Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -226,6 +284,15 @@ def test_a_few_lightning_ddp_steps_give_the_single_process_weights(ddp_and_singl
     for rank in range(2):
         for name, value in single["weights"].items():
             torch.testing.assert_close(ddp[rank]["weights"][name], value, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_every_rank_ends_with_the_single_process_memory(ddp_and_single_runs):
+    ddp, single = ddp_and_single_runs
+    assert single["memory"]["indexes"].shape == (40,)
+    for rank in range(2):
+        assert torch.equal(ddp[rank]["memory"]["indexes"], single["memory"]["indexes"])
+        assert torch.equal(ddp[rank]["memory"]["labels"], single["memory"]["labels"])
+        torch.testing.assert_close(ddp[rank]["memory"]["embeddings"], single["memory"]["embeddings"], atol=1e-5, rtol=1e-5)
 
 
 def test_the_logged_loss_and_mining_statistics_are_those_of_the_global_batch(ddp_and_single_runs):

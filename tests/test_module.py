@@ -23,6 +23,7 @@ from lit_metric import (
     PairMiner,
     RetrievalMetrics,
 )
+from _mining_reference import loop_pairs
 from lit_metric.data import TensorImageDataset
 from lit_metric.functional import binomial_deviance, cosine_similarity
 from lit_metric.hparams import RecordsArguments
@@ -259,10 +260,17 @@ def test_the_validation_interval_holds_before_the_last_epoch():
     assert validated.epochs == [1, 3, 4]
 
 
+class OtherMiner(PairMiner):
+    """A miner of another class, whose state is saved apart from PairMiner's."""
+
+
 def test_two_miner_callbacks_are_refused():
-    trainer = tiny_trainer(callbacks=[PairMiner(), PairMiner(strategy="hard")], max_steps=1)
+    trainer = tiny_trainer(callbacks=[PairMiner(), OtherMiner(strategy="hard")], max_steps=1)
     with pytest.raises(ValueError, match="at most one PairMiner, got 2"):
         trainer.fit(tiny_module(), loader(tiny_batch()))
+    # Two of one class are refused by Lightning already: their states (the memory) would share a checkpoint entry.
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `PairMiner`"):
+        tiny_trainer(callbacks=[PairMiner(), PairMiner(strategy="hard")], max_steps=1)
 
 
 @pytest.mark.parametrize("labels", [torch.arange(12).view(12, 1), torch.arange(11)])
@@ -569,3 +577,104 @@ def test_warm_up_must_end_before_training_does():
 def test_bad_fine_tuning_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_module(**kwargs)
+
+
+# The reference path with the miner's cross-batch memory.
+
+
+class FixedMinerModule(MetricLearningModule):
+    """The module with a given miner, for steps taken without a trainer."""
+
+    def __init__(self, embedding_net, miner):
+        super().__init__(embedding_net)
+        self._miner = miner
+
+    @property
+    def miner(self):
+        return self._miner
+
+
+def items_batch(items, seed):
+    """Samples of dataset ``items``, labelled ``item % 3``, as float64 feature rows."""
+    generator = torch.Generator().manual_seed(seed)
+    items = torch.tensor(items)
+    return {"image": torch.randn(len(items), 6, generator=generator, dtype=torch.float64), "label": items % 3,
+            "index": items}
+
+
+@pytest.mark.parametrize("batch_as_reference", [True, False])
+@pytest.mark.parametrize(
+    "strategy, weighting", [(s, w) for s in ("all", "hard", "topk_negatives") for w in ("balanced", "per_anchor", "uniform")]
+)
+def test_a_step_with_memory_gives_the_loss_and_gradients_written_out_by_hand(strategy, weighting, batch_as_reference):
+    torch.manual_seed(0)
+    settings = dict(negative_cost=2.0, margin=0.2, negatives_per_anchor=3)
+    miner = PairMiner(strategy, weighting, **settings, memory_size=9, batch_as_reference=batch_as_reference)
+    module = FixedMinerModule(torch.nn.Linear(6, 4).double(), miner)
+    module.training_step(items_batch([0, 1, 2, 3, 4, 5], seed=1), 0)
+    held = miner.memory.embeddings, miner.memory.labels, miner.memory.indexes
+    # Items 3, 4 and 5 come again: their embeddings in the memory are no positives of theirs.
+    batch = items_batch([3, 4, 5, 6, 7, 8], seed=2)
+    loss = module.training_step(batch, 1)
+    loss.backward()
+    embeddings = module.embedding_net(batch["image"])
+    if batch_as_reference:
+        reference = torch.cat([embeddings, held[0]])
+        reference_labels, reference_indexes = torch.cat([batch["label"], held[1]]), torch.cat([batch["index"], held[2]])
+    else:
+        # The memory alone, updated with the batch, detached.
+        reference = torch.cat([held[0], embeddings.detach()])[-9:]
+        reference_labels = torch.cat([held[1], batch["label"]])[-9:]
+        reference_indexes = torch.cat([held[2], batch["index"]])[-9:]
+    similarity = F.normalize(embeddings, dim=1) @ F.normalize(reference, dim=1).T
+    m, w = loop_pairs(
+        similarity.detach(), batch["label"].tolist(), reference_labels.tolist(),
+        lambda i, j: batch["index"][i] == reference_indexes[j], strategy, weighting, 2.0, 0.2, 3,
+    )
+    expected = (w * torch.log1p(torch.exp(-2.0 * (similarity - 0.5) * m))).sum()
+    gradients = {name: parameter.grad.clone() for name, parameter in module.named_parameters()}
+    module.zero_grad()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    for name, parameter in module.named_parameters():
+        torch.testing.assert_close(gradients[name], parameter.grad, rtol=1e-12, atol=1e-14, msg=name)
+    assert miner.memory.indexes.tolist() == [3, 4, 5, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("index, got", [(None, "None"), (torch.arange(5), r"shape \(5,\)")])
+def test_a_step_with_memory_needs_the_dataset_index_of_every_image(index, got):
+    module = FixedMinerModule(torch.nn.Linear(6, 4).double(), PairMiner(memory_size=4))
+    batch = {**items_batch([0, 1, 2, 3], seed=0), "index": index}
+    with pytest.raises(ValueError, match=rf"the miner's memory needs `batch\['index'\]`.* of shape \(4,\).*got {got}"):
+        module.training_step(batch, 0)
+
+
+class BatchOnlyModule(FixedMinerModule):
+    """A user's subclass that keeps filling the memory but mines the batch alone."""
+
+    def mine_with_memory(self, memory, embeddings, labels, indexes, reference, reference_labels, anchor_index):
+        memory.append(reference, reference_labels, indexes)
+        similarity = self.similarity(embeddings, reference)
+        return similarity, self.mine(similarity.detach(), labels, reference_labels, anchor_index)
+
+
+def test_a_subclass_overrides_the_memory_hook():
+    batches = [items_batch([0, 1, 2, 3], seed=1), items_batch([4, 5, 6, 7], seed=2)]
+    torch.manual_seed(0)
+    plain = FixedMinerModule(torch.nn.Linear(6, 4).double(), PairMiner())
+    torch.manual_seed(0)
+    module = BatchOnlyModule(torch.nn.Linear(6, 4).double(), PairMiner(memory_size=8))
+    for step, batch in enumerate(batches):
+        torch.testing.assert_close(module.training_step(batch, step), plain.training_step(batch, step))
+    assert module.miner.memory.indexes.tolist() == list(range(8))
+
+
+def test_a_memory_restored_for_a_network_of_another_width_is_refused_not_reset():
+    saved = PairMiner(memory_size=8)
+    FixedMinerModule(torch.nn.Linear(6, 4).double(), saved).training_step(items_batch([0, 1, 2, 3], seed=1), 0)
+    miner = PairMiner(memory_size=8)
+    miner.load_state_dict(saved.state_dict())
+    module = FixedMinerModule(torch.nn.Linear(6, 3).double(), miner)
+    with pytest.raises(ValueError, match=r"the memory holds embeddings of width 4, got embeddings of width 3"):
+        module.training_step(items_batch([4, 5, 6, 7], seed=2), 1)
+    assert miner.memory.indexes.tolist() == [0, 1, 2, 3]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lit_metric.distributed import sum_over_processes
 from lit_metric.functional._blocks import row_blocks
-from lit_metric.functional._checks import check_choice, check_positive_int, check_real
+from lit_metric.functional._checks import check_bool, check_choice, check_positive_int, check_real
 from lit_metric.functional.mining import (
     STRATEGIES,
     WEIGHTINGS,
@@ -23,10 +23,15 @@ from lit_metric.functional.mining import (
     select_pairs,
 )
 from lit_metric.functional.pairs import Pairs
+from lit_metric.memory import CrossBatchMemory
 
 __all__ = ["PairMiner"]
 
-_SETTINGS = ("strategy", "weighting", "negative_cost", "margin", "negatives_per_anchor")
+_SETTINGS = (
+    "strategy", "weighting", "negative_cost", "margin", "negatives_per_anchor", "use_memory", "batch_as_reference"
+)
+# The settings that only a miner with a memory has a use for.
+_MEMORY_SETTINGS = ("use_memory", "batch_as_reference")
 
 
 def _setting(name: str) -> property:
@@ -74,6 +79,21 @@ class PairMiner(L.Callback):
         negatives_per_anchor: ``k`` of the ``"topk_negatives"`` strategy.
         schedule: changes of settings by epoch, e.g. ``[{"epoch": 5, "strategy": "hard"}]``. From each entry's
             epoch on, its settings replace the ones before; settings it does not name carry over.
+        memory_size: ``M``, the rows of a cross-batch memory (XBM, :class:`~lit_metric.memory.CrossBatchMemory`):
+            the detached embeddings, labels and dataset indexes of the last ``M`` training samples (of the global
+            batches under DDP), against which the anchors are mined too. ``None``: no memory.
+        use_memory: whether the memory is filled and mined against. XBM needs a network that has warmed up: start
+            it with ``use_memory=False`` and a schedule entry such as ``{"epoch": 10, "use_memory": True}``. While
+            it is off the memory is emptied, so that it never serves embeddings of a network long gone.
+        batch_as_reference: with the memory in use, whether the anchors are also mined against the batch itself,
+            as references through which gradients flow (``True``), or against the memory alone, which then holds the
+            batch too, detached (``False``).
+
+    With the memory in use, :class:`~lit_metric.MetricLearningModule` mines each anchor against the references
+    extended with the memory (:meth:`~lit_metric.MetricLearningModule.mine_with_memory`), with every strategy and
+    weighting; gradients reach the network only through the batch. An anchor's own earlier embeddings in the memory,
+    those of its dataset ``index``, are never its positives. The memory is part of the :meth:`state_dict`, so that a
+    resumed fit, also from a checkpoint taken mid-epoch, mines against the memory of the interrupted one.
 
     A setting assigned after construction (``miner.strategy = "hard"``) is checked like the constructor's arguments
     and becomes the base that the schedule changes from.
@@ -84,6 +104,8 @@ class PairMiner(L.Callback):
     negative_cost = _setting("negative_cost")
     margin = _setting("margin")
     negatives_per_anchor = _setting("negatives_per_anchor")
+    use_memory = _setting("use_memory")
+    batch_as_reference = _setting("batch_as_reference")
 
     def __init__(
         self,
@@ -93,6 +115,9 @@ class PairMiner(L.Callback):
         margin: float = 0.1,
         negatives_per_anchor: int = 10,
         schedule: list[dict[str, Any]] | None = None,
+        memory_size: int | None = None,
+        use_memory: bool = True,
+        batch_as_reference: bool = True,
     ) -> None:
         super().__init__()
         base = dict(
@@ -101,18 +126,28 @@ class PairMiner(L.Callback):
             negative_cost=negative_cost,
             margin=margin,
             negatives_per_anchor=negatives_per_anchor,
+            use_memory=use_memory,
+            batch_as_reference=batch_as_reference,
         )
         _check_settings(base, "")
+        self.memory = CrossBatchMemory(memory_size) if memory_size is not None else None
         # The base is kept apart from the settings in use, so that every fit, resumed or not, starts from it.
         self._base = base
         self._in_use = dict(base)
         self.schedule = _checked_schedule(schedule)
+        if self.memory is None:
+            _check_no_memory_settings(batch_as_reference, self.schedule)
         self.statistics: dict[str, Tensor] = {}
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The current strategy, weighting, negative cost, margin and negatives per anchor."""
+        """The current strategy, weighting, negative cost, margin, negatives per anchor and memory settings."""
         return dict(self._in_use)
+
+    @property
+    def memory_in_use(self) -> CrossBatchMemory | None:
+        """The memory, when there is one and the settings in use turn it on; ``None`` otherwise."""
+        return self.memory if self.memory is not None and self.use_memory else None
 
     def settings_at(self, epoch: int) -> dict[str, Any]:
         """The settings that :attr:`schedule` gives for ``epoch``, from the ones set at construction or by hand."""
@@ -122,9 +157,37 @@ class PairMiner(L.Callback):
                 settings.update({name: value for name, value in entry.items() if name != "epoch"})
         return settings
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.memory is None or stage != "fit":
+            return
+        criterion = getattr(pl_module, "criterion", None)
+        if not hasattr(criterion, "from_pairs"):
+            raise ValueError(
+                f"`memory_size` needs a criterion with `from_pairs(similarity, pairs)`, which the memory's pairs are "
+                f"scored by; got {type(criterion).__name__}, a plain `loss(embeddings, labels)`: drop `memory_size` or "
+                "choose a pair-based criterion such as BinomialDevianceLoss"
+            )
+        # Every fit starts from an empty memory; a resumed one then loads its checkpoint's (load_state_dict).
+        self.memory.clear()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.memory is not None:
+            # A checkpoint's memory is restored on the CPU.
+            self.memory.to(pl_module.device)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The schedule's entries were checked with the constructor's arguments.
         self._in_use = self.settings_at(trainer.current_epoch)
+        if self.memory is not None and not self.use_memory:
+            self.memory.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.memory is None else {"memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A checkpoint's memory is dropped when this miner has none: the run was resumed without the memory.
+        if self.memory is not None and "memory" in state_dict:
+            self.memory.load_state_dict(state_dict["memory"])
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -143,7 +206,13 @@ class PairMiner(L.Callback):
             pl_module.log(f"mining/{name}", value, on_step=True, on_epoch=False)
 
     def mine(
-        self, similarity: Tensor, labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None
+        self,
+        similarity: Tensor,
+        labels: Tensor,
+        reference_labels: Tensor,
+        anchor_index: Tensor | None = None,
+        indexes: Tensor | None = None,
+        reference_indexes: Tensor | None = None,
     ) -> Pairs:
         """The pairs of a batch that count and their weights: ``M`` and ``W`` in factored form.
 
@@ -153,15 +222,18 @@ class PairMiner(L.Callback):
         Args:
             similarity: ``(B, R)`` detached similarities of the anchors against the references.
             labels: ``(B,)`` anchor labels.
-            reference_labels: ``(R,)`` reference labels (the global batch under ``torch.distributed``).
+            reference_labels: ``(R,)`` reference labels (the global batch under ``torch.distributed``, followed by
+                the memory when it is in use).
             anchor_index: ``(B,)`` position of each anchor among the references, or ``None``.
+            indexes: ``(B,)`` dataset indexes of the anchors, given with ``reference_indexes`` (``(R,)``): a
+                reference of the anchor's own index, e.g. its earlier embedding in the memory, is not a candidate.
 
         Returns:
             :class:`~lit_metric.functional.Pairs` with ``(B, R)`` masks.
         """
         if similarity.ndim != 2:
             raise ValueError(f"`similarity` must have shape (B, R), got shape {tuple(similarity.shape)}")
-        check_pair_labels(labels, reference_labels, anchor_index)
+        check_pair_labels(labels, reference_labels, anchor_index, indexes, reference_indexes)
         rows, columns = similarity.shape
         for name, x, size, axis in (
             ("labels", labels, rows, "row"),
@@ -179,15 +251,12 @@ class PairMiner(L.Callback):
         sums = torch.zeros(5, dtype=torch.float32, device=similarity.device)
         for rows in row_blocks(similarity):
             block = similarity[rows]
+            anchors = None if anchor_index is None else anchor_index[rows]
+            anchor_indexes = None if indexes is None else indexes[rows]
             candidate_positive, candidate_negative = pair_masks(
-                labels[rows], reference_labels, None if anchor_index is None else anchor_index[rows], validate_args=False
+                labels[rows], reference_labels, anchors, False, anchor_indexes, reference_indexes
             )
-            # Every pair is a candidate but an anchor with itself: counted without a pass over the masks.
-            num_candidates = torch.tensor(
-                float(block.numel() - (0 if anchor_index is None else block.shape[0])),
-                dtype=torch.float32,
-                device=block.device,
-            )
+            num_candidates = _num_candidates(block, anchors, anchor_indexes, reference_indexes)
             kept_positive, kept_negative = select_pairs(
                 block, candidate_positive, candidate_negative, self.strategy, self.margin, self.negatives_per_anchor
             )
@@ -200,6 +269,18 @@ class PairMiner(L.Callback):
         positive_weight, negative_weight = pair_weights(positive, negative, self.weighting, counts, dtype)
         self.statistics = _statistics(counts, sums)
         return Pairs(positive, negative, positive_weight, negative_weight, float(self.negative_cost))
+
+
+def _num_candidates(
+    block: Tensor, anchor_index: Tensor | None, indexes: Tensor | None, reference_indexes: Tensor | None
+) -> Tensor:
+    """The candidate pairs of a ``(b, R)`` block of rows: every pair but those of an anchor with itself, now (its
+    ``anchor_index``) or earlier (a reference of its dataset index), counted without a pass over the masks."""
+    if indexes is not None:
+        # A tensor, not a Python number: reading it back would stall the GPU every step.
+        return (block.numel() - (indexes[:, None] == reference_indexes[None, :]).sum()).float()
+    excluded = 0 if anchor_index is None else block.shape[0]
+    return torch.tensor(float(block.numel() - excluded), dtype=torch.float32, device=block.device)
 
 
 def _statistics(counts: Tensor, sums: Tensor) -> dict[str, Tensor]:
@@ -230,6 +311,19 @@ def _check_settings(settings: dict[str, Any], where: str) -> None:
         check_real("margin", settings["margin"], where=where)
     if "negatives_per_anchor" in settings:
         check_positive_int("negatives_per_anchor", settings["negatives_per_anchor"], where)
+    for name in _MEMORY_SETTINGS:
+        if name in settings:
+            check_bool(name, settings[name], where)
+
+
+def _check_no_memory_settings(batch_as_reference: bool, schedule: list[dict[str, Any]]) -> None:
+    """Raise a ValueError when a miner without a memory is given a memory setting that it would silently ignore."""
+    if not batch_as_reference:
+        raise ValueError("`batch_as_reference=False` needs a memory to mine against: set `memory_size`")
+    for position, entry in enumerate(schedule):
+        named = [name for name in _MEMORY_SETTINGS if name in entry]
+        if named:
+            raise ValueError(f"`{named[0]}` in `schedule[{position}]` needs a memory: set `memory_size`")
 
 
 def _checked_schedule(schedule: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -46,6 +46,22 @@ def describe(value: object, attribute: Literal["dtype", "shape"] = "dtype") -> s
     return f"dtype {value.dtype}" if attribute == "dtype" else f"shape {tuple(value.shape)}"
 
 
+def check_labels(name: str, labels: Tensor, shape: str = "(N,)") -> None:
+    """``labels`` is a 1-D integer tensor (class labels, dataset indexes) described by ``shape`` in the message."""
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise ValueError(f"`{name}` must have shape {shape}, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"`{name}` must be an integer tensor, got dtype {labels.dtype}")
+
+
+def check_bool(name: str, value: object, where: str = "") -> None:
+    """``value`` is ``True`` or ``False``; ``where`` locates the argument in the message, e.g. a list entry."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}`{where} must be true or false, got {value!r}")
+
+
 def check_positive_int(name: str, value: object, where: str = "") -> None:
     """``value`` is an int (not a bool) ``>= 1``; ``where`` locates the argument in the message, e.g. a list entry."""
     if not _is_positive_int(value):

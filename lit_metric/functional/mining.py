@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lit_metric.functional._checks import check_choice
+from lit_metric.functional._checks import check_choice, check_labels
 
 __all__ = [
     "STRATEGIES",
@@ -40,7 +40,12 @@ WEIGHTINGS: tuple[str, ...] = ("balanced", "per_anchor", "uniform")
 
 
 def pair_masks(
-    labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None, validate_args: bool = True
+    labels: Tensor,
+    reference_labels: Tensor,
+    anchor_index: Tensor | None = None,
+    validate_args: bool = True,
+    indexes: Tensor | None = None,
+    reference_indexes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Positive and negative pair masks of ``labels`` against ``reference_labels``.
 
@@ -51,16 +56,21 @@ def pair_masks(
             itself; ``None`` when anchors and references are disjoint sets.
         validate_args: :func:`check_pair_labels` first; a caller that checked the whole batch once passes
             ``False`` for its blocks of rows.
+        indexes: ``(B,)`` dataset indexes of the anchors, given with ``reference_indexes``: a reference of the
+            anchor's own dataset index, such as its earlier embedding in a cross-batch memory, is never its positive.
+        reference_indexes: ``(R,)`` dataset indexes of the references.
 
     Returns:
         ``(positive, negative)``, two ``(B, R)`` boolean masks.
     """
     if validate_args:
-        check_pair_labels(labels, reference_labels, anchor_index)
+        check_pair_labels(labels, reference_labels, anchor_index, indexes, reference_indexes)
     same = labels[:, None] == reference_labels[None, :]
     negative = ~same
     if anchor_index is not None:
         same[torch.arange(labels.shape[0], device=labels.device), anchor_index] = False
+    if indexes is not None:
+        same &= indexes[:, None] != reference_indexes[None, :]
     return same, negative
 
 
@@ -264,12 +274,27 @@ def _masked_extreme(similarity: Tensor, mask: Tensor, extreme: Literal["min", "m
     return torch.where(mask, similarity, -float("inf")).amax(dim=1, keepdim=True)
 
 
-def check_pair_labels(labels: Tensor, reference_labels: Tensor, anchor_index: Tensor | None = None) -> None:
-    """Raise a ValueError naming the argument unless ``labels`` and ``reference_labels`` are 1-D integer tensors and
+def check_pair_labels(
+    labels: Tensor,
+    reference_labels: Tensor,
+    anchor_index: Tensor | None = None,
+    indexes: Tensor | None = None,
+    reference_indexes: Tensor | None = None,
+) -> None:
+    """Raise a ValueError naming the argument unless ``labels`` and ``reference_labels`` are 1-D integer tensors,
     ``anchor_index``, if given, is a ``(B,)`` integer tensor of positions among the references that hold the anchors'
-    own labels: a wrong position would silently drop a real positive and count the anchor's pair with itself."""
-    _check_labels("labels", labels)
-    _check_labels("reference_labels", reference_labels)
+    own labels (a wrong position would silently drop a real positive and count the anchor's pair with itself), and
+    ``indexes`` and ``reference_indexes`` are both ``None`` or integer tensors of the shapes of the labels."""
+    check_labels("labels", labels)
+    check_labels("reference_labels", reference_labels)
+    if (indexes is None) != (reference_indexes is None):
+        raise ValueError("`indexes` and `reference_indexes` must be given together, got only one of them")
+    if indexes is not None:
+        for name, values, of in (("indexes", indexes, labels), ("reference_indexes", reference_indexes, reference_labels)):
+            shape = f"({len(of)},), one per label"
+            check_labels(name, values, shape)
+            if values.shape != of.shape:
+                raise ValueError(f"`{name}` must have shape {shape}, got shape {tuple(values.shape)}")
     if anchor_index is None:
         return
     if anchor_index.shape != labels.shape or anchor_index.is_floating_point() or anchor_index.dtype == torch.bool:
@@ -287,10 +312,3 @@ def check_pair_labels(labels: Tensor, reference_labels: Tensor, anchor_index: Te
         )
     if not bool((reference_labels[anchor_index] == labels).all()):
         raise ValueError("`anchor_index` must point each anchor at a reference of its own label, got another label")
-
-
-def _check_labels(name: str, labels: Tensor) -> None:
-    if labels.ndim != 1:
-        raise ValueError(f"`{name}` must have shape (N,), got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"`{name}` must be an integer tensor, got dtype {labels.dtype}")

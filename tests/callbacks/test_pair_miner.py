@@ -10,11 +10,12 @@ import jsonargparse
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_metric import ConvEmbedder, MetricLearningModule, PairMiner
-from lit_metric.data import TensorImageDataset
+from lit_metric.data import PKDataLoader, PKSampler, TensorImageDataset
 from lit_metric.functional import Pairs, binomial_deviance_of_pairs, cosine_similarity
 from lit_metric.functional._blocks import row_blocks
 from lit_metric.functional.mining import mining_statistics, pair_counts, pair_masks, pair_weights, select_pairs
@@ -386,3 +387,110 @@ def test_fp16_autocast_mining_and_loss_are_finite_and_in_float32(strategy):
     assert similarity.dtype == pairs.positive_weight.dtype == pairs.negative_weight.dtype == loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+# The cross-batch memory.
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(memory_size=0), r"`memory_size` must be a positive integer, got 0"),
+        (dict(memory_size=-8), r"`memory_size` must be a positive integer, got -8"),
+        (dict(memory_size=16, use_memory="yes"), r"`use_memory` must be true or false, got 'yes'"),
+        (
+            dict(memory_size=16, schedule=[{"epoch": -1, "use_memory": True}]),
+            r"`epoch` in `schedule\[0\]` must be an integer >= 0, got -1",
+        ),
+        (
+            dict(memory_size=16, schedule=[{"epoch": 2, "batch_as_reference": 0}]),
+            r"`batch_as_reference` in `schedule\[0\]` must be true or false, got 0",
+        ),
+        (dict(batch_as_reference=False), r"`batch_as_reference=False` needs a memory to mine against: set `memory_size`"),
+        (dict(schedule=[{"epoch": 3, "use_memory": True}]), r"`use_memory` in `schedule\[0\]` needs a memory"),
+    ],
+)
+def test_invalid_memory_settings_are_value_errors_naming_the_setting(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PairMiner(**kwargs)
+
+
+class MemoryRecorder(L.Callback):
+    """Each step's epoch, memory size and pair counts."""
+
+    def __init__(self, miner):
+        self.miner, self.steps = miner, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        statistics = self.miner.statistics
+        self.steps.append(
+            (trainer.current_epoch, len(self.miner.memory), int(statistics["num_positive"]), int(statistics["num_negative"]))
+        )
+
+
+def test_the_memory_is_configured_from_yaml_and_started_by_the_schedule():
+    parser = jsonargparse.ArgumentParser()
+    parser.add_class_arguments(PairMiner, "miner")
+    config = parser.parse_string(
+        "miner:\n  memory_size: 32\n  use_memory: false\n  schedule:\n    - {epoch: 1, use_memory: true}\n"
+    )
+    miner = parser.instantiate_classes(config).miner
+    recorder = MemoryRecorder(miner)
+    # Batches of 4 samples of one class, in class order: a batch alone has 12 positive pairs and no negative one.
+    trainer(callbacks=[miner, recorder], max_epochs=3).fit(module(), loader(*batch(), batch_size=4))
+    steps = recorder.steps
+    assert steps[:4] == [(0, 0, 12, 0)] * 4, "the memory is off in epoch 0"
+    # From epoch 1 each anchor also meets the earlier batches of the other classes, as negatives.
+    assert steps[4:8] == [(1, 4, 12, 0), (1, 8, 12, 16), (1, 12, 12, 32), (1, 16, 12, 48)]
+    # In epoch 2 the memory holds every sample's embedding of epoch 1. Of the 4 of its class, an anchor pairs with
+    # the 3 of the other samples, not with its own: 12 more positive pairs per batch, not 16.
+    assert steps[8:] == [(2, 20, 24, 48), (2, 24, 24, 64), (2, 28, 24, 80), (2, 32, 24, 96)]
+
+
+class PlainCriterion(nn.Module):
+    """A criterion of embeddings and labels, without `from_pairs`."""
+
+    def forward(self, embeddings, labels):
+        return embeddings.pow(2).mean()
+
+
+def test_a_memory_with_a_criterion_without_from_pairs_is_refused_by_name():
+    torch.manual_seed(0)
+    plain = MetricLearningModule(ConvEmbedder(embedding_dim=8, channels=(8, 16)), criterion=PlainCriterion())
+    with pytest.raises(ValueError, match=r"`memory_size` needs a criterion with `from_pairs.*got PlainCriterion"):
+        trainer(callbacks=[PairMiner(memory_size=8)], max_steps=1).fit(plain, loader(*batch()))
+
+
+def test_every_fit_starts_with_an_empty_memory():
+    miner = PairMiner(memory_size=64)
+    trainer(callbacks=[miner], max_epochs=2).fit(module(), loader(*batch(), batch_size=4))
+    assert len(miner.memory) == 32
+    trainer(callbacks=[miner], max_steps=1).fit(module(), loader(*batch(), batch_size=4))
+    assert miner.memory.indexes.tolist() == [0, 1, 2, 3]
+
+
+def fit_with_memory(tmp_path, ckpt_path=None):
+    """Three epochs of 4 P x K batches (2 x 3) with a memory of 10 rows, checkpointed every 6 steps; the module and
+    the miner. The PKDataLoader resumes mid-epoch with the batches that the interrupted fit had still to train on."""
+    images, labels = batch(classes=4, per_class=6)
+    sampler = PKSampler(labels, classes_per_batch=2, samples_per_class=3, seed=1)
+    data = PKDataLoader(TensorImageDataset(images, labels), sampler=sampler, batch_size=sampler.batch_size)
+    miner = PairMiner(strategy="hard", weighting="per_anchor", memory_size=10)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=-1)
+    fit_trainer = trainer(callbacks=[miner, checkpoints], max_epochs=3, enable_checkpointing=True)
+    fitted = module()
+    fit_trainer.fit(fitted, data, ckpt_path=ckpt_path)
+    return fitted, miner
+
+
+def test_a_fit_resumed_mid_epoch_continues_with_the_checkpoints_memory(tmp_path):
+    whole, whole_miner = fit_with_memory(tmp_path)
+    # Step 6 is the second of epoch 1's four batches.
+    checkpoint = tmp_path / "epoch=1-step=6.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)["callbacks"]["PairMiner"]["memory"]
+    assert saved["indexes"].shape == (10,) and saved["embeddings"].shape == (10, 8)
+    resumed, resumed_miner = fit_with_memory(tmp_path / "resumed", ckpt_path=checkpoint)
+    for name in ("embeddings", "labels", "indexes"):
+        torch.testing.assert_close(getattr(resumed_miner.memory, name), getattr(whole_miner.memory, name))
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from _mining_reference import loop_pairs
 from lit_metric.functional.deviance import binomial_deviance
 from lit_metric.functional.mining import (
     mining_statistics,
@@ -43,40 +44,6 @@ def mine(similarity, labels, reference_labels=None, anchor_index=None, strategy=
     dtype = torch.promote_types(similarity.dtype, torch.float32)
     weights = pair_weights(positive, negative, weighting, pair_counts(positive, negative), dtype)
     return Pairs(positive, negative, *weights, kw.get("negative_cost", 1.0)).matrices(dtype)
-
-
-def loop_reference(similarity, labels, anchor_index, strategy, weighting, negative_cost, margin, k):
-    """M and W written out anchor by anchor and pair by pair, independently of the vectorised code."""
-    rows, cols = similarity.shape
-    s = similarity.tolist()
-    kept = {}  # (i, j) -> +1 positive / -1 negative
-    for i in range(rows):
-        positives = [j for j in range(cols) if labels[j] == labels[anchor_index[i]] and j != anchor_index[i]]
-        negatives = [j for j in range(cols) if labels[j] != labels[anchor_index[i]]]
-        if strategy == "hard":
-            hardest_positive = min((s[i][j] for j in positives), default=None)
-            hardest_negative = max((s[i][j] for j in negatives), default=None)
-            negatives = [j for j in negatives if hardest_positive is not None and s[i][j] > hardest_positive - margin]
-            positives = [j for j in positives if hardest_negative is not None and s[i][j] < hardest_negative + margin]
-        elif strategy == "topk_negatives":
-            negatives = sorted(negatives, key=lambda j: -s[i][j])[:k]
-        kept.update({(i, j): 1 for j in positives})
-        kept.update({(i, j): -1 for j in negatives})
-    n_pos = sum(1 for v in kept.values() if v == 1)
-    n_neg = sum(1 for v in kept.values() if v == -1)
-    anchors = {i for i, _ in kept}
-    m = torch.zeros(rows, cols, dtype=similarity.dtype)
-    w = torch.zeros(rows, cols, dtype=similarity.dtype)
-    for (i, j), sign in kept.items():
-        m[i, j] = 1.0 if sign == 1 else -negative_cost
-        if weighting == "balanced":
-            w[i, j] = 1 / n_pos if sign == 1 else 1 / n_neg
-        elif weighting == "uniform":
-            w[i, j] = 1 / (n_pos + n_neg)
-        else:
-            same_kind = sum(1 for (a, _), v in kept.items() if a == i and v == sign)
-            w[i, j] = 1 / same_kind / len(anchors)
-    return m, w
 
 
 def random_batch(size=24, classes=5, seed=0):
@@ -148,8 +115,8 @@ def test_matches_the_plain_loop_reference_in_float64(strategy, weighting):
     m, w = mine(
         similarity, labels, strategy=strategy, weighting=weighting, negative_cost=3.0, margin=0.2, negatives_per_anchor=4
     )
-    expected_m, expected_w = loop_reference(
-        similarity, labels.tolist(), list(range(len(labels))), strategy, weighting, negative_cost=3.0, margin=0.2, k=4
+    expected_m, expected_w = loop_pairs(
+        similarity, labels.tolist(), labels.tolist(), int.__eq__, strategy, weighting, negative_cost=3.0, margin=0.2, k=4
     )
     torch.testing.assert_close(m, expected_m, rtol=0, atol=0)
     # float64 weights: float32 ones would be off by about 3e-8.
@@ -181,6 +148,38 @@ def test_anchor_index_excludes_each_anchor_from_its_own_global_position():
         [False, False, True, True, False, False],
     ]
     assert torch.equal(negative, labels[3:, None] != labels[None, :])
+
+
+@pytest.mark.parametrize("strategy, weighting", list(itertools.product(STRATEGIES, WEIGHTINGS)))
+def test_dataset_indexes_keep_an_anchors_earlier_embeddings_from_its_positives(strategy, weighting):
+    # 10 anchors (dataset items 5-14) against themselves, then 14 earlier embeddings, five of them the anchors' own.
+    indexes = torch.tensor([5, 6, 7, 8, 9, 10, 11, 12, 13, 14] + [7, 20, 5, 21, 22, 12, 23, 24, 9, 25, 26, 27, 28, 6])
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(4, (30,), generator=generator)[indexes]  # an item's label, now and earlier
+    embeddings = torch.nn.functional.normalize(torch.randn(24, 8, generator=generator), dim=1)
+    similarity = (embeddings[:10] @ embeddings.T).double()
+    positive, negative = pair_masks(labels[:10], labels, torch.arange(10), indexes=indexes[:10], reference_indexes=indexes)
+    positive, negative = select_pairs(similarity, positive, negative, strategy, 0.2, 4)
+    weights = pair_weights(positive, negative, weighting, pair_counts(positive, negative), torch.float64)
+    m, w = Pairs(positive, negative, *weights, 3.0).matrices(torch.float64)
+    expected_m, expected_w = loop_pairs(
+        similarity, labels[:10].tolist(), labels.tolist(), lambda i, j: indexes[i] == indexes[j], strategy, weighting,
+        negative_cost=3.0, margin=0.2, k=4,
+    )
+    torch.testing.assert_close(m, expected_m, rtol=0, atol=0)
+    torch.testing.assert_close(w, expected_w, rtol=1e-15, atol=0)
+    # The earlier embeddings of items 7, 5, 12, 9 and 6 share their anchor's label but are no pair of it.
+    for anchor, earlier in [(2, 10), (0, 12), (7, 15), (4, 18), (1, 23)]:
+        assert labels[anchor] == labels[earlier] and not positive[anchor, earlier] and not negative[anchor, earlier]
+
+
+def test_indexes_need_reference_indexes_of_one_integer_per_reference():
+    with pytest.raises(ValueError, match=r"`indexes` and `reference_indexes` must be given together"):
+        pair_masks(LABELS, LABELS, indexes=torch.arange(4))
+    with pytest.raises(ValueError, match=r"`reference_indexes` must have shape \(4,\), one per label, got shape \(3,\)"):
+        pair_masks(LABELS, LABELS, indexes=torch.arange(4), reference_indexes=torch.arange(3))
+    with pytest.raises(ValueError, match=r"`indexes` must be an integer tensor, got dtype torch.float32"):
+        pair_masks(LABELS, LABELS, indexes=torch.arange(4.0), reference_indexes=torch.arange(4))
 
 
 # Edge cases: nothing to mine must give zero weight and a finite, zero loss, never NaN.
