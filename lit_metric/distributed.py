@@ -1,5 +1,7 @@
 """The one home of lit_metric's ``torch.distributed`` code: process lookups, gathers (one with gradients), sums over
-processes, and the dataset-order gather that drops the duplicates ``DistributedSampler`` pads in.
+processes, the dataset-order gather that drops the duplicates ``DistributedSampler`` pads in, and the pieces of
+sharded evaluation: rows sent block by block from their owner, results gathered or summed back to it, settings that
+every process must share, and the copies of an item found across processes without gathering them.
 
 Every helper also works on a single process, without a process group, where it returns the one process's answer.
 The gathers and sums are collective calls under ``torch.distributed``: every process must make them, in the same
@@ -8,6 +10,7 @@ order, or the others wait forever.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,14 +18,21 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "blocks_of_every_process",
+    "check_same_on_every_process",
+    "first_copies",
+    "first_copies_across_processes",
     "first_occurrences",
+    "gather_to",
     "gather_in_dataset_order",
     "gather_objects",
     "gather_rows",
     "gather_rows_with_grad",
     "gather_sizes",
     "rank",
+    "raise_on_every_process",
     "sum_over_processes",
+    "sum_to",
     "world_size",
 ]
 
@@ -104,6 +114,69 @@ def sum_over_processes(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def blocks_of_every_process(tensors: Sequence[Tensor], block_rows: int) -> Iterator[tuple[int, int, list[Tensor]]]:
+    """Every process's rows, block by block, on every process: ``(owner, start, block)`` for rows ``start`` to
+    ``start + block_rows`` of the owner's ``tensors``, broadcast from it, owner by owner in rank order.
+
+    Args:
+        tensors: ``(N_p, ...)`` tensors of this process with equal ``N_p`` (which may differ between processes, and be
+            0); their trailing shapes and dtypes must be the same on every process.
+        block_rows: rows per block, ``>= 1``.
+    """
+    sizes = gather_sizes(len(tensors[0]), tensors[0].device)
+    for owner, size in enumerate(sizes):
+        for start in range(0, size, block_rows):
+            rows = min(block_rows, size - start)
+            if owner == rank():
+                block = [tensor[start : start + rows].contiguous() for tensor in tensors]
+            else:
+                block = [tensor.new_empty((rows, *tensor.shape[1:])) for tensor in tensors]
+            if world_size() > 1:
+                for part in block:
+                    dist.broadcast(part, owner)
+            yield owner, start, block
+
+
+def gather_to(tensor: Tensor, owner: int) -> list[Tensor] | None:
+    """Every process's ``tensor`` (one shape on all of them), in rank order, on process ``owner``; ``None`` on the
+    others. ``[tensor]`` on one process."""
+    if world_size() == 1:
+        return [tensor]
+    gathered = [torch.empty_like(tensor) for _ in range(world_size())] if rank() == owner else None
+    dist.gather(tensor.contiguous(), gathered, dst=owner)
+    return gathered
+
+
+def sum_to(tensor: Tensor, owner: int) -> Tensor | None:
+    """``tensor`` (one shape on every process) summed elementwise over the processes, on process ``owner``; ``None``
+    on the others. ``tensor`` itself on one process."""
+    if world_size() == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.reduce(tensor, dst=owner)
+    return tensor if rank() == owner else None
+
+
+def raise_on_every_process(error: str | None) -> None:
+    """Raise a ValueError on every process when any process has an ``error`` message, so that a process that finds
+    bad input does not leave the others waiting in a collective; the message says which rank found it."""
+    errors = [(where, message) for where, message in enumerate(gather_objects(error)) if message is not None]
+    if errors:
+        where, message = errors[0]
+        raise ValueError(message if world_size() == 1 else f"{message} (on rank {where})")
+
+
+def check_same_on_every_process(settings: dict[str, Any]) -> None:
+    """Raise a ValueError on every process, naming the first setting that differs, unless every process has the same
+    ``settings`` (picklable values, such as a metric's options or an embedding width)."""
+    everyone = gather_objects(settings)
+    for name in settings:
+        values = [process_settings[name] for process_settings in everyone]
+        if any(value != values[0] for value in values):
+            described = ", ".join(f"{value!r} on rank {where}" for where, value in enumerate(values))
+            raise ValueError(f"`{name}` must be the same on every process, got {described}")
+
+
 def gather_objects(value: Any, group: Any | None = None) -> list[Any]:
     """Every process's picklable ``value``, in rank order, within ``group`` (default: all processes); ``[value]``
     without a process group."""
@@ -120,6 +193,50 @@ def first_occurrences(indexes: Tensor) -> Tensor:
     unique, inverse = torch.unique(indexes, return_inverse=True)
     positions = torch.arange(len(indexes), device=indexes.device)
     return torch.full_like(unique, len(indexes)).scatter_reduce_(0, inverse, positions, "amin")
+
+
+def first_copies(indexes: Tensor, values: Tensor) -> tuple[Tensor, tuple[int, int] | None]:
+    """:func:`first_occurrences` of ``(N,)`` ``indexes`` and the first ``(index, column)`` at which copies of an
+    item differ in the ``(N, C)`` ``values`` (``None`` when they are all alike): items with equal index must be copies,
+    as ``DistributedSampler`` pads them in, or dropping all but one of them would lose items silently."""
+    first = first_occurrences(indexes)
+    copy_of = first[torch.unique(indexes, return_inverse=True)[1]]
+    differs = (values[copy_of] != values).nonzero()
+    if len(differs) == 0:
+        return first, None
+    row, column = differs[0].tolist()
+    return first, (int(indexes[row]), column)
+
+
+def first_copies_across_processes(indexes: Tensor, values: Tensor) -> tuple[Tensor, tuple[int, int] | None]:
+    """:func:`first_copies` over the items of every process, without gathering them: ``(N_p,)`` bool, which of this
+    process's items to keep so that every dataset index is kept once (its first copy in rank order), and the first
+    conflict found, the same on every process.
+
+    Each index is checked by process ``index % P``: the items travel to it once (``all_to_all``) and its verdicts
+    back, so a process sends and receives about ``N_p x (C + 1)`` integers, not the ``N x C`` of a gather.
+    """
+    size = world_size()
+    if size == 1:
+        first, conflict = first_copies(indexes, values)
+        return torch.zeros(len(indexes), dtype=torch.bool, device=indexes.device).index_fill_(0, first, True), conflict
+    checker = indexes % size
+    order = checker.argsort(stable=True)
+    send = torch.bincount(checker, minlength=size)
+    receive = torch.empty_like(send)
+    dist.all_to_all_single(receive, send)
+    send, receive = send.tolist(), receive.tolist()
+    rows = torch.cat([indexes[:, None], values], dim=1)[order].contiguous()
+    arrived = rows.new_empty((sum(receive), rows.shape[1]))
+    dist.all_to_all_single(arrived, rows, receive, send)
+    # Arrived in rank order, each process's items in their own order: the first of equal indexes is the first copy.
+    first, conflict = first_copies(arrived[:, 0], arrived[:, 1:])
+    verdicts = torch.zeros(len(arrived), dtype=torch.long, device=indexes.device).index_fill_(0, first, 1)
+    returned = verdicts.new_empty(len(indexes))
+    dist.all_to_all_single(returned, verdicts, send, receive)
+    keep = torch.empty_like(returned).index_copy_(0, order, returned).bool()
+    conflicts = [found for found in gather_objects(conflict) if found is not None]
+    return keep, min(conflicts) if conflicts else None
 
 
 def gather_in_dataset_order(batches: list[dict[str, Any]]) -> dict[str, Any]:

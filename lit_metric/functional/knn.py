@@ -133,8 +133,41 @@ def cosine_knn(
 
     # Tiles of one shape: every similarity then comes out of the same matrix-product kernel, so that exact duplicates
     # score exactly alike wherever they sit (products of other shapes may round the last bit differently).
-    row_side = _tile_side(num_queries, chunk_size)
-    column_side = row_side if symmetric else _tile_side(gallery_size, chunk_size)
+    row_side = tile_side(num_queries, chunk_size)
+    column_side = row_side if symmetric else tile_side(gallery_size, chunk_size)
+    return search_tiles(q, k, None if symmetric else g, query_keys, gallery_keys, row_side, column_side)
+
+
+def search_tiles(
+    queries: Tensor,
+    k: int,
+    gallery: Tensor | None,
+    query_keys: Tensor | None,
+    gallery_keys: Tensor | None,
+    row_side: int,
+    column_side: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`cosine_knn` of checked unit rows in tiles of ``(row_side, column_side)``, the search that it and the
+    sharded search (:mod:`lit_metric.functional.sharded`) share: a similarity's float32 bits depend on the tile shape
+    only, so searches that agree on it score every pair alike.
+
+    Args:
+        queries: ``(N_q, D)`` rows of :func:`normalize`.
+        k: neighbours, ``1 <= k <= N_g``.
+        gallery: ``(N_g, D)`` rows of :func:`normalize`, or ``None`` for leave-one-out (``row_side`` must then
+            equal ``column_side``).
+        query_keys, gallery_keys: ``(N_q,)`` and ``(N_g,)`` exclusion keys, or both ``None``; in leave-one-out
+            ``gallery_keys`` is ``query_keys``.
+        row_side, column_side: tile shape, ``column_side`` a multiple of 8 above 8 (as :func:`tile_side` makes).
+
+    Returns:
+        ``(scores, indices)``, both ``(N_q, k)``, as :func:`cosine_knn`.
+    """
+    symmetric = gallery is None
+    q, g = queries, queries if symmetric else gallery
+    num_queries, gallery_size = len(q), len(g)
+    if symmetric:
+        gallery_keys = query_keys
     group = _group_size(column_side, k)
     row_tiles, column_tiles = -(-num_queries // row_side), -(-gallery_size // column_side)
     excluded = None if query_keys is None else equal_key_pairs(query_keys, gallery_keys, row_side)
@@ -177,6 +210,19 @@ def cosine_knn(
             neighbours.offer(tiles, row_start, [column_tile * column_side for column_tile in batch], both)
     scores, indices = neighbours.ranked()
     return scores[:num_queries], indices[:num_queries]
+
+
+def similarities(queries: Tensor, gallery: Tensor, row_side: int, column_side: int) -> Tensor:
+    """``(N_q, N_g)`` float32 similarities of unit rows (:func:`normalize`), computed in products of
+    ``(row_side, column_side)`` with ``N_q <= row_side``, zero rows padding the last ones, so that each value has the
+    bits of any other product of that shape: the full-ranking metrics rank whole rows of them."""
+    rows = _tile_rows(queries, 0, row_side)
+    out = torch.empty(len(queries), len(gallery), dtype=torch.float32, device=queries.device)
+    for start in range(0, len(gallery), column_side):
+        with float32_products(queries.device):
+            tile = torch.mm(rows, _tile_rows(gallery, start, column_side).T)
+        out[:, start : start + column_side] = tile[: len(queries), : len(gallery) - start]
+    return out
 
 
 @contextmanager
@@ -251,7 +297,7 @@ class _Neighbours:
         self.maxima = [
             torch.empty(tile_size // group, dtype=torch.float32, device=device) for _ in range(tiles_per_offer)
         ]
-        self.empty = int(_keys(torch.tensor([float("-inf")], dtype=torch.float32), torch.tensor([_LAST_POSITION]))[0])
+        self.empty = empty_key()
         self.keys = torch.full((num_queries, k), self.empty, dtype=torch.int64, device=device)
         self.threshold = torch.full((num_queries,), float("-inf"), dtype=torch.float32, device=device)
         # The torch path's threshold masks; the compiled scan compares in place.
@@ -296,11 +342,11 @@ class _Neighbours:
         column_floor = self._floor(gallery_start, gallery_start + width) if columns_too else None
         for rows, columns in self.scan(tile, row_floor, column_floor):
             query, item, score = rows
-            self._merge(query_start, num_queries, query, _keys(score, item + gallery_start))
+            self._merge(query_start, num_queries, query, ranking_keys(score, item + gallery_start))
             if columns is not None:
                 query, order = columns[0].sort()
                 item, score = columns[1][order], columns[2][order]
-                self._merge(gallery_start, width, query, _keys(score, item + query_start))
+                self._merge(gallery_start, width, query, ranking_keys(score, item + query_start))
 
     def _take(self, tile: Tensor, maxima: Tensor, query_start: int, gallery_start: int) -> None:
         """Merge the items of ``tile`` that reach their query's threshold, found through the tile's group ``maxima``."""
@@ -322,7 +368,7 @@ class _Neighbours:
             floor = self._floor(query_start + start, query_start + stop)[query]
             kept = (scores >= floor[:, None]).view(-1).nonzero().squeeze(1)
             candidate, rank = kept // self.group, kept % self.group
-            keys = _keys(scores.view(-1)[kept], group[candidate] + rank * num_groups + gallery_start)
+            keys = ranking_keys(scores.view(-1)[kept], group[candidate] + rank * num_groups + gallery_start)
             self._merge(query_start + start, stop - start, query[candidate], keys)
 
     def _floor(self, start: int, stop: int) -> Tensor:
@@ -343,15 +389,11 @@ class _Neighbours:
         # Unsorted: several times faster, and only the smallest kept key is needed until the end.
         best = torch.cat([self.keys[rows], pending], dim=1).topk(self.k, dim=1, sorted=False).values
         self.keys[rows] = best
-        self.threshold[rows] = torch.maximum(self.threshold[rows], _scores(best.amin(dim=1)))
+        self.threshold[rows] = torch.maximum(self.threshold[rows], key_scores(best.amin(dim=1)))
 
     def ranked(self) -> tuple[Tensor, Tensor]:
         """``(scores, positions)`` of every query's neighbours in ranking order; empty slots are ``-inf``, ``-1``."""
-        # Keys sorted in descending order are the ranking order.
-        keys = self.keys.sort(dim=1, descending=True).values
-        scores, positions = _scores(keys), _LAST_POSITION - (keys & _LAST_POSITION)
-        positions[scores == float("-inf")] = -1
-        return scores, positions
+        return ranked_keys(self.keys)
 
 
 _LAST_POSITION = 2**32 - 1
@@ -387,7 +429,7 @@ def _first_threshold(maxima: list[Tensor], k: int) -> Tensor:
     return torch.cat(unions, dim=1).topk(k, dim=1, sorted=False).values.amin(dim=1)
 
 
-def _keys(scores: Tensor, positions: Tensor) -> Tensor:
+def ranking_keys(scores: Tensor, positions: Tensor) -> Tensor:
     """int64 keys that order as ``(score, -position)``: float32 bits made monotonic in the high half, the position
     reversed in the low half."""
     bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0, which compares equal to it
@@ -395,13 +437,27 @@ def _keys(scores: Tensor, positions: Tensor) -> Tensor:
     return (ordered << 32) + (_LAST_POSITION - positions)
 
 
-def _scores(keys: Tensor) -> Tensor:
-    """The float32 scores of :func:`_keys`."""
+def key_scores(keys: Tensor) -> Tensor:
+    """The float32 scores of :func:`ranking_keys`."""
     ordered = (keys >> 32).int()
     return torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF).view(torch.float32)
 
 
-def _tile_side(size: int, chunk_size: int) -> int:
+def empty_key() -> int:
+    """The key of an empty slot: score ``-inf``, below every other key."""
+    return int(ranking_keys(torch.tensor([float("-inf")]), torch.tensor([_LAST_POSITION]))[0])
+
+
+def ranked_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``(scores, positions)`` of ``(N_q, k)`` keys of :func:`ranking_keys`, each row in ranking order (descending
+    keys); empty slots are ``-inf``, ``-1``."""
+    keys = keys.sort(dim=1, descending=True).values
+    scores, positions = key_scores(keys), _LAST_POSITION - (keys & _LAST_POSITION)
+    positions[scores == float("-inf")] = -1
+    return scores, positions
+
+
+def tile_side(size: int, chunk_size: int) -> int:
     """Side of the fewest equal tiles of at most ``chunk_size`` that cover ``size`` items; above ``_MAX_GROUP``, a
     multiple of it, so that whole groups fill a tile."""
     cap = chunk_size if chunk_size <= _MAX_GROUP else chunk_size // _MAX_GROUP * _MAX_GROUP

@@ -10,9 +10,9 @@ Market-1501 and torchreid.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lit_metric.functional._checks import (
@@ -21,7 +21,7 @@ from lit_metric.functional._checks import (
     check_positive_ints,
     describe,
 )
-from lit_metric.functional.knn import cosine_knn, equal_key_pairs, float32_products, normalize
+from lit_metric.functional.knn import cosine_knn, equal_key_pairs, normalize, similarities, tile_side
 
 __all__ = [
     "RETRIEVAL_METRICS",
@@ -68,27 +68,51 @@ def cosine_average_precision(
     Returns:
         ``(N_q,)`` float64 average precision; NaN for a query without a relevant gallery item.
     """
-    # Zero rows pad the gallery to a multiple of 8, as cosine_knn pads its tiles: products of other widths can round
-    # exact duplicates apart, which would break the tie rule.
-    q, g = normalize(queries, "queries"), F.pad(normalize(gallery, "gallery"), (0, 0, 0, -len(gallery) % 8))
-    gallery_size = len(gallery)
-    rows_per_chunk = max(1, chunk_size * chunk_size // (16 * gallery_size))
-    ranks = torch.arange(1, gallery_size + 1, device=q.device, dtype=torch.float64)
+    q, g = normalize(queries, "queries"), normalize(gallery, "gallery")
+    row_side, column_side = average_precision_tiles(len(q), len(g), chunk_size)
     if query_keys is not None:
-        excluded = equal_key_pairs(query_keys, gallery_keys, rows_per_chunk)
+        excluded = equal_key_pairs(query_keys, gallery_keys, row_side)
     out = [torch.empty(0, dtype=torch.float64, device=q.device)]
-    for chunk, i in enumerate(range(0, len(q), rows_per_chunk)):
-        rows = slice(i, i + rows_per_chunk)
-        with float32_products(q.device):
-            block = (q[rows] @ g.T)[:, :gallery_size]
+    for chunk, i in enumerate(range(0, len(q), row_side)):
+        rows = slice(i, i + row_side)
+        block = similarities(q[rows], g, row_side, column_side)
         if query_keys is not None:
             block[excluded[chunk]] = float("-inf")
         # Stable sort of rows in gallery order implements the tie rule.
         scores, order = block.sort(dim=1, descending=True, stable=True)
         hits = (gallery_labels[order] == query_labels[rows, None]) & (scores > float("-inf"))
-        precision = hits.cumsum(dim=1) / ranks
-        out.append((precision * hits).sum(dim=1) / hits.sum(dim=1))
+        query, rank = hits.nonzero().unbind(1)
+        out.append(average_precision(query, rank + 1, len(block)))
     return torch.cat(out)
+
+
+def average_precision_tiles(num_queries: int, gallery_size: int, chunk_size: int) -> tuple[int, int]:
+    """``(row_side, column_side)`` of the products of the full-ranking metric: rows hold about
+    ``chunk_size**2 / 16`` similarities, as sorting them takes about 16 times their memory. Every search of the same
+    queries and gallery, sharded or not, computes its similarities in products of this shape, so they agree bitwise."""
+    rows = max(1, chunk_size * chunk_size // (16 * gallery_size))
+    return tile_side(num_queries, rows), tile_side(gallery_size, chunk_size)
+
+
+def average_precision(query: Tensor, rank: Tensor, num_queries: int) -> Tensor:
+    """``(num_queries,)`` float64 average precision from the ranks of the relevant items.
+
+    Args:
+        query: ``(H,)`` query of each relevant item, ascending.
+        rank: ``(H,)`` its 1-based rank, ascending within each query.
+        num_queries: number of queries.
+
+    Returns:
+        The mean over each query's relevant items of (relevant items up to it) / (its rank); NaN for a query without
+        any. Each query's terms are added in rank order (a cumulative sum), so its value does not depend on how
+        queries are batched or how long the rows are: sharded and single-process results agree bitwise.
+    """
+    counts = torch.bincount(query, minlength=num_queries)
+    slot = torch.arange(len(query), device=query.device) - (counts.cumsum(0) - counts)[query]
+    terms = torch.zeros(num_queries, max(int(counts.max()) if len(query) else 0, 1), dtype=torch.float64,
+                        device=query.device)
+    terms[query, slot] = (slot + 1) / rank.double()
+    return terms.cumsum(dim=1)[:, -1] / counts
 
 
 def hit_rate_at_k(match: Tensor, k: int) -> Tensor:
@@ -222,28 +246,66 @@ def retrieval_metrics(
             query_embeddings, search_k, gallery_embeddings, keys[queries], keys[gallery], chunk_size
         )
     match = (neighbours >= 0) & (gallery_labels[neighbours.clamp(min=0)] == query_labels[:, None])
-    match, relevant = match[scored], num_relevant[scored]
-
-    per_query = {}
-    for name, score in (("recall", hit_rate_at_k), ("precision", precision_at_k), ("cmc", hit_rate_at_k)):
-        if name in metrics:
-            per_query.update({f"{name}@{cut}": score(match, cut) for cut in k})
-    if "map_at_r" in metrics:
-        per_query["map@r"] = map_at_r(match, relevant)
-    if "r_precision" in metrics:
-        per_query["r_precision"] = r_precision(match, relevant)
+    per_query = neighbour_metrics(match[scored], num_relevant[scored], metrics, k)
     if "map" in metrics:
         scored_queries = queries[scored]
         per_query["map"] = cosine_average_precision(
             query_embeddings if bool(scored.all()) else query_embeddings[scored], labels[scored_queries],
             gallery_embeddings, gallery_labels, keys[scored_queries], keys[gallery], chunk_size,
         )
-    out = {name: values.mean().float() for name, values in per_query.items()}
+    out = {name: exact_mean(exact_sum(values), len(values)) for name, values in per_query.items()}
     # Counts are float like the metrics, so Lightning logs them without a dtype warning.
     out["num_queries"] = scored.sum().float()
     out["num_skipped_queries"] = (~scored & ~singleton).sum().float()
     out["num_singleton_queries"] = singleton.sum().float()
     return out
+
+
+def neighbour_metrics(match: Tensor, num_relevant: Tensor, metrics: Sequence[str], k: Sequence[int]) -> dict[str, Tensor]:
+    """Every requested metric but ``map`` for each query, keyed by log name.
+
+    Args:
+        match: ``(N_q, L)`` bool relevance of each query's neighbours in ranking order, ``L`` at least the largest
+            cut-off and, for ``map_at_r`` and ``r_precision``, the largest ``R``.
+        num_relevant: ``(N_q,)`` ``R >= 1`` per query.
+        metrics: names from :data:`RETRIEVAL_METRICS`.
+        k: cut-offs.
+
+    Returns:
+        ``(N_q,)`` float64 values per name.
+    """
+    per_query = {}
+    for name, score in (("recall", hit_rate_at_k), ("precision", precision_at_k), ("cmc", hit_rate_at_k)):
+        if name in metrics:
+            per_query.update({f"{name}@{cut}": score(match, cut) for cut in k})
+    if "map_at_r" in metrics:
+        per_query["map@r"] = map_at_r(match, num_relevant)
+    if "r_precision" in metrics:
+        per_query["r_precision"] = r_precision(match, num_relevant)
+    return per_query
+
+
+def exact_sum(values: Tensor) -> Fraction:
+    """The exact sum of ``(N,)`` finite float64 ``values``, as a fraction: unlike a float sum it does not depend on
+    the order of the values, so sums over shards add up to the sum over all of them, bitwise.
+
+    Each value is an integer mantissa times a power of two; the mantissas are summed per exponent in int64 (as two
+    halves of 26 and 27 bits, so that 2**36 values cannot overflow) and the sums scaled in Python integers.
+    """
+    mantissas, exponents = torch.frexp(values.double())
+    integers = (mantissas * 2.0**53).long()
+    powers, group = torch.unique(exponents, return_inverse=True)
+    sums = [torch.zeros(len(powers), dtype=torch.long, device=values.device).index_add_(0, group, half)
+            for half in (integers >> 26, integers & (2**26 - 1))]
+    total = Fraction(0)
+    for power, high, low in zip(powers.tolist(), *(part.tolist() for part in sums)):
+        total += Fraction((high << 26) + low) * Fraction(2) ** (power - 53)
+    return total
+
+
+def exact_mean(total: Fraction, count: int) -> Tensor:
+    """``total / count`` as a float32 scalar tensor, rounded from the exact quotient (NaN when ``count`` is 0)."""
+    return torch.tensor(float(total / count) if count else float("nan"), dtype=torch.float64).float()
 
 
 def _first_r(match: Tensor, num_relevant: Tensor) -> Tensor:

@@ -221,11 +221,11 @@ def test_rows_normalised_once_search_exactly_like_the_raw_embeddings():
 def test_keys_order_as_score_then_lower_position_and_decode_exactly():
     scores = torch.tensor([float("-inf"), -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 1.0])
     positions = torch.tensor([0, 1, 2, 3, 4, 5, 6, 8, 7])
-    keys = knn._keys(scores, positions)
+    keys = knn.ranking_keys(scores, positions)
     # -0.0 equals 0.0, so it ties with it and the lower position (3) ranks first: higher key.
     order = keys.argsort(descending=True)
     assert positions[order].tolist() == [7, 8, 6, 5, 3, 4, 2, 1, 0]
-    assert torch.equal(knn._scores(keys), scores + 0.0)
+    assert torch.equal(knn.key_scores(keys), scores + 0.0)
 
 
 @pytest.mark.parametrize("where", ["queries", "gallery"])
