@@ -166,10 +166,10 @@ def raise_on_every_process(error: str | None) -> None:
         raise ValueError(message if world_size() == 1 else f"{message} (on rank {where})")
 
 
-def check_same_on_every_process(settings: dict[str, Any]) -> None:
-    """Raise a ValueError on every process, naming the first setting that differs, unless every process has the same
-    ``settings`` (picklable values, such as a metric's options or an embedding width)."""
-    everyone = gather_objects(settings)
+def check_same_on_every_process(settings: dict[str, Any], group: Any | None = None) -> None:
+    """Raise a ValueError on every process of ``group`` (default: all), naming the first setting that differs, unless
+    they all have the same ``settings`` (picklable values, such as a metric's options or an embedding width)."""
+    everyone = gather_objects(settings, group)
     for name in settings:
         values = [process_settings[name] for process_settings in everyone]
         if any(value != values[0] for value in values):

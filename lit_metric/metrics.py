@@ -5,7 +5,8 @@ embeddings, labels, dataset indices and the optional query/gallery flags and cam
 from every process (one without items takes part with empty states), drops the duplicates that
 ``DistributedSampler`` pads in (same dataset index, first kept), orders the items by dataset index and scores them
 exactly. Ordering by dataset index makes the result, ties included, independent of how the data was split between
-processes.
+processes. Sharded, ``compute`` gathers nothing: each process keeps its items and
+:func:`lit_metric.functional.sharded.sharded_retrieval_metrics` scores them where they are, with equal results.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lit_metric.distributed import first_occurrences, gather_objects
+from lit_metric.distributed import (
+    check_same_on_every_process,
+    first_copies,
+    first_copies_across_processes,
+    first_occurrences,
+    gather_objects,
+    gather_rows,
+    gather_sizes,
+    raise_on_every_process,
+)
 from lit_metric.functional._checks import check_positive_int
 from lit_metric.functional.norms import unit_rows
 from lit_metric.functional.retrieval import (
@@ -29,6 +39,7 @@ from lit_metric.functional.retrieval import (
     resolve_roles,
     retrieval_metrics,
 )
+from lit_metric.functional.sharded import sharded_retrieval_metrics
 from lit_metric.hparams import RecordsArguments
 
 __all__ = ["RetrievalMetrics"]
@@ -36,6 +47,10 @@ __all__ = ["RetrievalMetrics"]
 _NO_CAMERA = -1
 # Copies of an item embedded in different batches differ in the last bits, as other batch shapes take other kernels.
 _COPY_TOLERANCE = 1e-3
+# Fields that copies of one item (same dataset index) must share.
+_COPY_FIELDS = ("labels", "is_query", "is_gallery", "cameras")
+# Items over all processes from which `sharded=None` shards the evaluation (see docs/sharded_evaluation.md).
+SHARDED_FROM = 50_000
 
 
 class RetrievalMetrics(RecordsArguments, Metric):
@@ -54,6 +69,10 @@ class RetrievalMetrics(RecordsArguments, Metric):
         chunk_size: blocks of similarities hold at most ``chunk_size**2`` values (256 MB in float32 at the
             default; the search holds up to three); larger blocks make the matrix products more efficient, and
             memory grows with its square.
+        sharded: under DDP, score each process's items where they are
+            (:func:`~lit_metric.functional.sharded.sharded_retrieval_metrics`) instead of gathering every process's
+            embeddings onto every process; the metrics are equal. ``None`` shards from :data:`SHARDED_FROM` items
+            over all processes. Sharding uses the default process group.
         kwargs: passed to :class:`torchmetrics.Metric`.
     """
 
@@ -66,15 +85,23 @@ class RetrievalMetrics(RecordsArguments, Metric):
         metrics: str | Sequence[str] = ("recall", "precision", "map_at_r", "r_precision"),
         k: Sequence[int] = (1, 2, 4, 8),
         chunk_size: int = 8192,
+        sharded: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         metrics, k = metric_names(metrics), tuple(k)  # read twice: a generator must not be used up by the check
         check_options(metrics, k)
         check_positive_int("chunk_size", chunk_size)
+        if sharded not in (None, True, False):
+            raise ValueError(f"`sharded` must be True, False or None, got {sharded!r}")
+        if sharded and self.process_group is not None:
+            raise ValueError("`sharded` evaluation runs over the default process group, got a `process_group`")
         self.metrics = metrics
         self.k = tuple(sorted(set(k)))
         self.chunk_size = chunk_size
+        self.sharded = sharded
+        # Set by _sync_dist when it leaves the items where they are, for the compute that follows.
+        self._sharded_now = False
         for name in ("embeddings", "labels", "indexes", "is_query", "is_gallery", "cameras"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self._roles_given: bool | None = None
@@ -124,15 +151,19 @@ class RetrievalMetrics(RecordsArguments, Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Metrics over every stored item, once per dataset index; see the class docstring for the keys."""
+        sharded, self._sharded_now = self._sharded_now, False
+        if sharded:
+            # Some process has items; this one may have none.
+            return self._compute_sharded()
         indexes = _concatenated(self.indexes) if len(self.indexes) else None
         if indexes is None or len(indexes) == 0:
             got = "no update" if indexes is None else "updates without items"
             raise ValueError(f"`update` must be called with at least one item before `compute`, got {got}")
-        first = first_occurrences(indexes)
-        positions = torch.arange(len(indexes), device=indexes.device)
-        unique = torch.equal(first, positions)
+        first, conflict = first_copies(indexes, self._copy_values())
+        _check_no_conflict(conflict)
+        unique = torch.equal(first, torch.arange(len(indexes), device=indexes.device))
         if not unique:
-            self._check_copies(indexes, first)
+            _check_copy_embeddings(indexes, _concatenated(self.embeddings))
 
         def pick(states: list[Tensor] | Tensor) -> Tensor:
             # Items already unique and in index order (one process, no padding) need no gather: it would copy them all.
@@ -153,6 +184,43 @@ class RetrievalMetrics(RecordsArguments, Metric):
             self.chunk_size,
         )
 
+    def _compute_sharded(self) -> dict[str, Tensor]:
+        """:meth:`compute` over the items of every process, each process keeping its own."""
+        cameras = _concatenated(self.cameras)
+        with_cameras = cameras != _NO_CAMERA
+        local = bool(with_cameras.all()) if bool(with_cameras.all()) or not bool(with_cameras.any()) else "mix"
+        # A process without items takes the others' choice.
+        choices = set(gather_objects(local if len(cameras) else None)) - {None}
+        raise_on_every_process(
+            "`cameras` must be given in every update or in none, got a mix" if "mix" in choices or len(choices) > 1
+            else None
+        )
+        indexes, embeddings = _concatenated(self.indexes), _concatenated(self.embeddings)
+        keep, conflict = first_copies_across_processes(indexes, self._copy_values())
+        _check_no_conflict(conflict)
+        # The copies and their originals, few (DistributedSampler pads fewer items than processes), meet on every
+        # process, where their embeddings are compared as in compute().
+        dropped = indexes[~keep]
+        copied = gather_rows(dropped, gather_sizes(len(dropped), indexes.device))
+        mine = torch.isin(indexes, copied).nonzero().squeeze(1)
+        sizes = gather_sizes(len(mine), indexes.device)
+        _check_copy_embeddings(gather_rows(indexes[mine], sizes), gather_rows(embeddings[mine], sizes))
+
+        def pick(states: list[Tensor] | Tensor) -> Tensor:
+            return _concatenated(states)[keep]
+
+        return sharded_retrieval_metrics(
+            pick(self.embeddings),
+            pick(self.labels),
+            indexes[keep],
+            pick(self.is_query),
+            pick(self.is_gallery),
+            cameras[keep] if True in choices else None,
+            self.metrics,
+            self.k,
+            self.chunk_size,
+        )
+
     def reset(self) -> None:
         super().reset()
         self._roles_given = None
@@ -160,23 +228,35 @@ class RetrievalMetrics(RecordsArguments, Metric):
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
         # torchmetrics gives a process without items 1-D float placeholders, which cannot be gathered with the 2-D
         # embeddings and integer labels of the others: the processes first agree on the embeddings' width and dtype.
-        self._agree_with_other_processes(process_group or self.process_group)
+        group = process_group or self.process_group
+        items = self._agree_with_other_processes(group)
+        sharded = self.sharded if self.sharded is not None else group is None and items >= SHARDED_FROM
+        # Without items anywhere, compute refuses on every process alike.
+        if sharded and items:
+            # compute() scores the items where they are; torchmetrics restores these states after it.
+            self._sharded_now = True
+            return
         super()._sync_dist(dist_sync_fn, process_group)
 
-    def _agree_with_other_processes(self, group: Any) -> None:
+    def _agree_with_other_processes(self, group: Any) -> int:
         """Give this process empty states of the common shapes when it has no items, and every process the widest
-        embedding dtype; refuse a mix of widths or of flagged and unflagged items."""
+        embedding dtype; refuse a mix of widths or of flagged and unflagged items, and different settings. Returns
+        the number of stored items over all processes."""
+        check_same_on_every_process(
+            {"metrics": self.metrics, "k": self.k, "chunk_size": self.chunk_size, "sharded": self.sharded}, group
+        )
         embeddings = self.embeddings[0] if len(self.embeddings) else None
-        local = None if embeddings is None else (embeddings.shape[1], embeddings.dtype, self._roles_given)
+        items = sum(len(x) for x in self.embeddings)
+        local = None if embeddings is None else (embeddings.shape[1], embeddings.dtype, self._roles_given, items)
         present = [item for item in gather_objects(local, group) if item is not None]
         if not present:
-            return
-        widths, roles = {width for width, _, _ in present}, {given for _, _, given in present}
+            return 0
+        widths, roles = {width for width, _, _, _ in present}, {given for _, _, given, _ in present}
         if len(widths) > 1:
             raise ValueError(f"`embeddings` must have one dimension in every process, got {sorted(widths)}")
         if len(roles) > 1:
             raise ValueError("`is_query` or `is_gallery` must be given in every process or in none, got a mix")
-        dtype = reduce(torch.promote_types, [dtype for _, dtype, _ in present])
+        dtype = reduce(torch.promote_types, [dtype for _, dtype, _, _ in present])
         if embeddings is None:
             (width,) = widths
             long = torch.empty(0, dtype=torch.long, device=self.device)
@@ -186,36 +266,43 @@ class RetrievalMetrics(RecordsArguments, Metric):
             self.is_query, self.is_gallery = [flag], [flag]
         else:
             self.embeddings = [x.to(dtype) for x in self.embeddings]
+        return sum(item[3] for item in present)
 
-    def _check_copies(self, indexes: Tensor, first: Tensor) -> None:
-        """Items with equal index must be copies, as DistributedSampler pads them in: colliding indexes of different
-        items would otherwise silently drop all but one of them. Copies embedded in different batches may differ in
-        the last bits, so their embeddings need only point the same way: their unit rows, all that the metrics see
-        of them, within ``_COPY_TOLERANCE`` or 8 units of the embeddings' precision of each other."""
-        copy_of = first[torch.unique(indexes, return_inverse=True)[1]]
-        for name in ("labels", "is_query", "is_gallery", "cameras"):
-            values = _concatenated(getattr(self, name))
-            differs = values[copy_of] != values
-            if differs.any():
-                index = int(indexes[differs.nonzero()[0, 0]])
-                raise ValueError(
-                    f"items with equal `indexes` must be copies of one item, got two with index {index} and different "
-                    f"`{name}`"
-                )
-        embeddings = _concatenated(self.embeddings)
-        copies = (copy_of != torch.arange(len(indexes), device=indexes.device)).nonzero().squeeze(1)
-        if len(copies) == 0:  # indexes out of order, as a DDP gather leaves them, but none repeated
-            return
-        copy, original = (unit_rows(embeddings[rows], torch.float32) for rows in (copies, copy_of[copies]))
-        distance = torch.linalg.vector_norm(copy - original, dim=1)
-        tolerance = max(_COPY_TOLERANCE, 8 * torch.finfo(embeddings.dtype).eps)
-        worst = int(distance.argmax())
-        if distance[worst] > tolerance:
-            raise ValueError(
-                f"items with equal `indexes` must be copies of one item, got two with index "
-                f"{int(indexes[copies[worst]])} and `embeddings` whose unit rows are {float(distance[worst]):.3g} "
-                f"apart, more than the {tolerance:.3g} that copies from different batches may differ by"
-            )
+    def _copy_values(self) -> Tensor:
+        """``(N, 4)`` integers of each stored item that its copies must share: the :data:`_COPY_FIELDS`."""
+        return torch.stack([_concatenated(getattr(self, name)).long() for name in _COPY_FIELDS], dim=1)
+
+
+def _check_no_conflict(conflict: tuple[int, int] | None) -> None:
+    """Items with equal index must be copies, as DistributedSampler pads them in: colliding indexes of different items
+    would otherwise silently drop all but one of them."""
+    if conflict is not None:
+        index, field = conflict
+        raise ValueError(
+            f"items with equal `indexes` must be copies of one item, got two with index {index} and different "
+            f"`{_COPY_FIELDS[field]}`"
+        )
+
+
+def _check_copy_embeddings(indexes: Tensor, embeddings: Tensor) -> None:
+    """Copies embedded in different batches may differ in the last bits, so the ``(N, D)`` ``embeddings`` of items
+    with equal ``(N,)`` ``indexes`` need only point the same way: their unit rows, all that the metrics see of them,
+    within ``_COPY_TOLERANCE`` or 8 units of the embeddings' precision of the first copy's."""
+    first = first_occurrences(indexes)
+    copy_of = first[torch.unique(indexes, return_inverse=True)[1]]
+    copies = (copy_of != torch.arange(len(indexes), device=indexes.device)).nonzero().squeeze(1)
+    if len(copies) == 0:
+        return
+    copy, original = (unit_rows(embeddings[rows], torch.float32) for rows in (copies, copy_of[copies]))
+    distance = torch.linalg.vector_norm(copy - original, dim=1)
+    tolerance = max(_COPY_TOLERANCE, 8 * torch.finfo(embeddings.dtype).eps)
+    worst = int(distance.argmax())
+    if distance[worst] > tolerance:
+        raise ValueError(
+            f"items with equal `indexes` must be copies of one item, got two with index "
+            f"{int(indexes[copies[worst]])} and `embeddings` whose unit rows are {float(distance[worst]):.3g} "
+            f"apart, more than the {tolerance:.3g} that copies from different batches may differ by"
+        )
 
 
 def _concatenated(states: list[Tensor] | Tensor) -> Tensor:

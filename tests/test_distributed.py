@@ -34,7 +34,26 @@ def _every_helper(rank, world_size):
         "sum": distributed.sum_over_processes(torch.tensor([1, rank])),
         "objects": distributed.gather_objects({"rank": rank}),
         "in_dataset_order": distributed.gather_in_dataset_order(shard_batches(rank)),
+        # Rank 0 sends 5 rows in blocks of 2, rank 1 none.
+        "blocks": [(owner, start, block[0].tolist()) for owner, start, block in distributed.blocks_of_every_process(
+            [torch.arange(5 * (1 - rank))], 2
+        )],
+        "gathered_to_1": distributed.gather_to(torch.tensor([rank]), 1),
+        "summed_to_0": distributed.sum_to(torch.tensor([1, rank]), 0),
+        # Item 0 on both processes (labels 7 and 7), item 2 on both with different labels (5 and 6).
+        "first_copies": distributed.first_copies_across_processes(
+            torch.tensor([[0, 2, 4], [1, 0, 2]][rank]), torch.tensor([[7, 5, 1], [3, 7, 6]][rank])[:, None]
+        ),
+        "error": _error_of(lambda: distributed.raise_on_every_process("`x` is wrong" if rank == 1 else None)),
+        "setting": _error_of(lambda: distributed.check_same_on_every_process({"width": 4, "k": rank})),
     }
+
+
+def _error_of(call):
+    try:
+        call()
+    except ValueError as error:
+        return str(error)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +107,32 @@ def test_on_one_process_the_dataset_order_gather_orders_and_deduplicates_too():
 
 def test_first_occurrences_are_the_first_position_of_each_index_in_index_order():
     assert distributed.first_occurrences(torch.tensor([3, 1, 3, 0, 1])).tolist() == [3, 1, 0]
+
+
+def test_blocks_of_rows_reach_every_process_from_their_owner_in_rank_order(two_processes):
+    for result in two_processes:
+        assert result["blocks"] == [(0, 0, [0, 1]), (0, 2, [2, 3]), (0, 4, [4])]
+
+
+def test_results_are_gathered_or_summed_on_one_process_only(two_processes):
+    assert [result["gathered_to_1"] for result in two_processes] == [None, [torch.tensor([0]), torch.tensor([1])]]
+    assert two_processes[0]["summed_to_0"].tolist() == [2, 1] and two_processes[1]["summed_to_0"] is None
+
+
+def test_the_first_copy_of_each_index_over_processes_is_kept_and_conflicts_are_named_on_every_process(two_processes):
+    keep = [result["first_copies"][0].tolist() for result in two_processes]
+    assert keep == [[True, True, True], [True, False, False]]
+    # Index 2 has labels 5 and 6: the conflict is (index 2, column 0) on both processes.
+    assert [result["first_copies"][1] for result in two_processes] == [(2, 0), (2, 0)]
+
+
+def test_an_error_or_a_differing_setting_on_one_process_is_raised_on_every_process(two_processes):
+    assert [result["error"] for result in two_processes] == ["`x` is wrong (on rank 1)"] * 2
+    assert [result["setting"] for result in two_processes] == ["`k` must be the same on every process, got 0 on rank "
+                                                               "0, 1 on rank 1"] * 2
+
+
+def test_on_one_process_copies_are_found_among_its_own_items():
+    keep, conflict = distributed.first_copies_across_processes(torch.tensor([3, 1, 3]), torch.tensor([[0], [1], [0]]))
+    assert keep.tolist() == [True, True, False] and conflict is None
+    assert distributed.first_copies(torch.tensor([3, 1, 3]), torch.tensor([[0], [1], [2]]))[1] == (3, 0)

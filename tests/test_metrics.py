@@ -7,7 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
+from torchmetrics import Metric
 
+import lit_metric.metrics
 from lit_metric.functional.retrieval import retrieval_metrics
 from lit_metric.metrics import RetrievalMetrics
 
@@ -226,9 +228,9 @@ def test_two_process_gloo_equals_single_process(tmp_path):
         assert_same(results[name], single.compute())
 
 
-def _only_rank_zero_has_items(rank, world_size, dtype):
+def _only_rank_zero_has_items(rank, world_size, dtype, sharded):
     x, labels, is_query, cameras = make_data()
-    metric = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
+    metric = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8, sharded=sharded)
     if rank == 0:
         feed(metric, x.to(dtype), labels, torch.arange(45), is_query, cameras)
     return metric.compute()
@@ -236,31 +238,78 @@ def _only_rank_zero_has_items(rank, world_size, dtype):
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric RetrievalMetrics was called before")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_process_without_items_joins_the_gather_and_gets_the_common_result(tmp_path, dtype):
+@pytest.mark.parametrize("sharded", [False, True], ids=["gathered", "sharded"])
+def test_a_process_without_items_joins_and_gets_the_common_result(tmp_path, dtype, sharded):
     x, labels, is_query, cameras = make_data()
     single = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
     feed(single, x.to(dtype), labels, torch.arange(45), is_query, cameras)
     expected = single.compute()
-    for result in run_processes(_only_rank_zero_has_items, tmp_path, dtype):
+    for result in run_processes(_only_rank_zero_has_items, tmp_path, dtype, sharded, world_size=2 + sharded):
         assert_same(result, expected)
 
 
-def _processes_disagree(rank, world_size, disagreement):
+def _processes_disagree(rank, world_size, disagreement, sharded):
     x, labels, is_query, _ = make_data()
-    metric = RetrievalMetrics(k=(1,))
+    metric = RetrievalMetrics(k=(1, 2) if disagreement == "k" and rank == 1 else (1,), sharded=sharded)
     width = 4 if disagreement == "width" and rank == 1 else 5
     flags = is_query[:10] if disagreement == "flags" and rank == 1 else None
-    metric.update(x[:10, :width], labels[:10], torch.arange(10) + 10 * rank, is_query=flags)
-    return metric.compute()
+    # Colliding indexes: both processes hold an item 0, with different labels.
+    indexes = torch.arange(10) + (0 if disagreement == "copies" else 10 * rank)
+    metric.update(x[:10, :width], labels[:10] + rank, indexes, is_query=flags)
+    try:
+        metric.compute()
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 @pytest.mark.parametrize(
     "disagreement, message",
     [
         ("width", "`embeddings` must have one dimension in every process, got [4, 5]"),
-        ("flags", "`is_query` or `is_gallery` must be given in every process or in none"),
+        ("flags", "`is_query` or `is_gallery` must be given in every process or in none, got a mix"),
+        ("k", "`k` must be the same on every process, got (1,) on rank 0, (1, 2) on rank 1"),
+        ("copies", "items with equal `indexes` must be copies of one item, got two with index 0 and different `labels`"),
     ],
 )
-def test_processes_must_agree_on_the_embedding_width_and_on_flags(tmp_path, disagreement, message):
-    with pytest.raises(Exception, match=re.escape(message)):
-        run_processes(_processes_disagree, tmp_path, disagreement)
+@pytest.mark.parametrize("sharded", [False, True], ids=["gathered", "sharded"])
+def test_processes_that_disagree_are_refused_by_name_on_every_process(tmp_path, disagreement, message, sharded):
+    assert run_processes(_processes_disagree, tmp_path, disagreement, sharded) == [message, message]
+
+
+def _sharded_without_gathering(rank, world_size, n, sharded):
+    # The items stay where they are: torchmetrics' gather of the states must never run.
+    def no_gather(*args, **kwargs):
+        raise AssertionError("the states were gathered")
+
+    Metric._sync_dist = no_gather
+    lit_metric.metrics.SHARDED_FROM = 40
+    x, labels, is_query, cameras = make_data(n)
+    # The sampler pads the last processes with copies of items of the first ones.
+    order = torch.tensor(list(DistributedSampler(range(n), world_size, rank, shuffle=True, seed=3)))
+    results = {}
+    for name, flags, cams in (("loo", None, None), ("reid", is_query, cameras)):
+        metric = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8, sharded=sharded)
+        feed(metric, x, labels, order, flags, cams, batch=4)
+        results[name] = metric.compute()
+    return results
+
+
+@pytest.mark.parametrize("world_size, n", [(2, 45), (3, 46)])
+@pytest.mark.parametrize("sharded", [True, None], ids=["sharded", "sharded from SHARDED_FROM items"])
+def test_sharded_evaluation_equals_single_process_without_gathering(tmp_path, world_size, n, sharded):
+    x, labels, is_query, cameras = make_data(n)
+    results = run_processes(_sharded_without_gathering, tmp_path, n, sharded, world_size=world_size)
+    for name, flags, cams in (("loo", None, None), ("reid", is_query, cameras)):
+        single = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
+        feed(single, x, labels, torch.arange(n), flags, cams)
+        expected = single.compute()
+        for result in results:
+            assert_same(result[name], expected)
+
+
+def test_sharding_runs_over_the_default_process_group_and_is_a_bool():
+    with pytest.raises(ValueError, match="`sharded` must be True, False or None, got 'yes'"):
+        RetrievalMetrics(sharded="yes")
+    with pytest.raises(ValueError, match="`sharded` evaluation runs over the default process group"):
+        RetrievalMetrics(sharded=True, process_group=object())

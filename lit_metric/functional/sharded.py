@@ -141,8 +141,11 @@ def sharded_neighbours(
     sizes = [gather_sizes(len(queries), queries.device), gather_sizes(len(gallery), queries.device)]
     check_k(k, sum(sizes[1]))
     dtype = _widest(queries, gallery)
-    unit_queries, unit_gallery = normalize(queries.to(dtype), "queries"), normalize(gallery.to(dtype), "gallery")
+    # A shard's search breaks ties by position in the shard, which must then be id order.
+    order = gallery_ids.argsort()
+    unit_queries, unit_gallery = normalize(queries.to(dtype), "queries"), normalize(gallery[order].to(dtype), "gallery")
     values = gallery_ids[:, None] if gallery_values is None else torch.cat([gallery_ids[:, None], gallery_values], 1)
+    values, gallery_keys = values[order], None if gallery_keys is None else gallery_keys[order]
     tiles = tile_side(sum(sizes[0]), chunk_size), tile_side(sum(sizes[1]), chunk_size)
     scores = torch.full((len(queries), k), float("-inf"), device=queries.device)
     found = torch.full((len(queries), k, values.shape[1]), -1, dtype=torch.long, device=queries.device)
@@ -215,6 +218,8 @@ def sharded_retrieval_metrics(
     dtype = _widest(embeddings)
     units = normalize(embeddings.to(dtype))
     queries, gallery = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
+    # A shard's search breaks ties by position in the shard, which must then be dataset order.
+    gallery = gallery[indexes[gallery].argsort()]
     query_labels, query_keys = labels[queries], keys[queries]
     shard = _Shard(units[gallery], labels[gallery], keys[gallery], indexes[gallery])
 
