@@ -1,6 +1,8 @@
 """Specification of the retrieval core: exact search, the tie and exclusion rules, and every metric against
 plain-loop references, torchmetrics' retrieval functions and pytorch-metric-learning."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,10 @@ from torchmetrics.functional.retrieval import (
 
 from lit_metric.functional.knn import cosine_knn
 from lit_metric.functional.retrieval import (
+    average_precision,
     cosine_average_precision,
+    exact_mean,
+    exact_sum,
     hit_rate_at_k,
     map_at_r,
     precision_at_k,
@@ -308,3 +313,23 @@ def test_the_functional_checks_its_options_like_the_metric(kwargs, match):
     arguments = {"embeddings": torch.randn(4, 3), "labels": torch.tensor([0, 0, 1, 1]), "k": (1,), **kwargs}
     with pytest.raises(ValueError, match=match):
         retrieval_metrics(**arguments)
+
+
+def test_exact_sum_is_the_exact_sum_in_any_order_and_over_any_split():
+    g = torch.Generator().manual_seed(0)
+    # Values of many magnitudes, as per-query metrics have, where float sums round differently in each order.
+    values = torch.cat([torch.rand(500, generator=g, dtype=torch.float64) ** 20, torch.tensor([0.0, 1.0, 1e-300])])
+    expected = sum(map(Fraction, values.tolist()))
+    assert exact_sum(values) == expected == exact_sum(values.flip(0))
+    assert exact_sum(values[:123]) + exact_sum(values[123:]) == expected
+    assert exact_mean(expected, len(values)) == torch.tensor(float(expected / len(values))).float()
+    assert exact_mean(Fraction(0), 0).isnan()
+
+
+def test_average_precision_from_ranks_is_the_plain_definition_and_independent_of_the_other_queries():
+    # Query 0: relevant items at ranks 1, 3, 7; query 1: none; query 2: one at rank 2.
+    query, rank = torch.tensor([0, 0, 0, 2]), torch.tensor([1, 3, 7, 2])
+    ap = average_precision(query, rank, 3)
+    assert ap[0] == (1 / 1 + 2 / 3 + 3 / 7) / 3 and ap[1].isnan() and ap[2] == 1 / 2
+    assert torch.equal(average_precision(query[:3], rank[:3], 1), ap[:1])
+    assert torch.equal(average_precision(query[3:] - 2, rank[3:], 1), ap[2:])
