@@ -31,6 +31,7 @@ __all__ = [
     "gather_sizes",
     "rank",
     "raise_on_every_process",
+    "shard_in_dataset_order",
     "sum_over_processes",
     "sum_to",
     "world_size",
@@ -261,6 +262,28 @@ def gather_in_dataset_order(batches: list[dict[str, Any]]) -> dict[str, Any]:
         name: [value[i] for i in first.tolist()] if isinstance(value, list) else value[first]
         for name, value in rows.items()
     }
+
+
+def shard_in_dataset_order(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """This process's batches joined and ordered by dataset index, without the items that a process of lower rank
+    also holds (the copies ``DistributedSampler`` pads in): this process's shard of the data set, gathering nothing.
+
+    Args:
+        batches: as :func:`gather_in_dataset_order`. Without ``"indexes"`` the rows keep their batch order.
+
+    Returns:
+        One dict of ``(N_p, ...)`` tensors and ``N_p``-long lists; ``{}`` without batches. A collective call with
+        indexes: every process makes it, one without batches too.
+    """
+    rows = _joined(batches)
+    # A process without batches does not know whether the others have indexes: it asks them.
+    if not any(gather_objects("indexes" in rows if rows else None)):
+        return rows
+    indexes = rows.get("indexes", torch.empty(0, dtype=torch.long))
+    keep, _ = first_copies_across_processes(indexes, indexes.new_empty(len(indexes), 0))
+    kept = keep.nonzero().squeeze(1)
+    order = kept[indexes[kept].argsort()].tolist()
+    return {name: [value[i] for i in order] if isinstance(value, list) else value[order] for name, value in rows.items()}
 
 
 def _initialised() -> bool:

@@ -2,7 +2,8 @@
 
 The gallery is embedded once (from images, a data set, a data loader or a file that ``lit-metric predict`` wrote with
 :class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter`, read by :func:`~lit_metric.io.load_embeddings`)
-and checked once; each search prepares the query images as the checkpoint records (:func:`prepare_images`), embeds
+and checked once, or, exported in shards, read shard by shard (:class:`ShardedEmbeddingIndex`); each
+search prepares the query images as the checkpoint records (:func:`prepare_images`), embeds
 them with the same model and ranks the gallery with :func:`~lit_metric.functional.knn.cosine_knn`, the exact search
 that the retrieval metrics use, so ties and ranking order are the same as in evaluation.
 """
@@ -22,12 +23,30 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_metric.data.image_folder import transforms_for
 from lit_metric.data.transforms import image_tensor, load_image
-from lit_metric.functional._checks import check_k, check_matrix, describe
-from lit_metric.functional.knn import cosine_knn, normalize
-from lit_metric.io import load_embeddings
+from lit_metric.distributed import rank, world_size
+from lit_metric.functional._checks import check_finite, check_k, check_matrix, check_positive_int, describe
+from lit_metric.functional.knn import (
+    cosine_knn,
+    empty_key,
+    normalize,
+    ranked_keys,
+    ranking_keys,
+    search_tiles,
+    tile_side,
+)
+from lit_metric.functional.sharded import sharded_neighbours
+from lit_metric.io import load_embeddings, load_manifest, load_shard
 from lit_metric.module import MetricLearningModule
 
-__all__ = ["EmbeddingIndex", "Neighbours", "embed_batches", "embed_images", "nearest", "prepare_images"]
+__all__ = [
+    "EmbeddingIndex",
+    "Neighbours",
+    "ShardedEmbeddingIndex",
+    "embed_batches",
+    "embed_images",
+    "nearest",
+    "prepare_images",
+]
 
 Gallery = Tensor | Dataset | DataLoader | str | Path
 Example = str | Path | Image.Image | np.ndarray | Tensor
@@ -112,7 +131,8 @@ class EmbeddingIndex:
                 their module class, so a subclass is rebuilt as that subclass once its module is imported.
             gallery: ``(N, C, H, W)`` images; a data set of item dicts or a data loader of batch dicts with
                 ``"image"`` and optionally ``"label"`` and ``"path"``; or a ``.pt``/``.npz`` file written by
-                :class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter` with this checkpoint.
+                :class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter` with this checkpoint, or the
+                ``.json`` manifest of its sharded export, searched shard by shard (:class:`ShardedEmbeddingIndex`).
             labels: ``(N,)`` labels of gallery images given as a tensor.
             paths: ``N`` file paths of gallery images given as a tensor.
             module_class: the class to load when the checkpoint does not record one.
@@ -132,6 +152,8 @@ class EmbeddingIndex:
                 f"carries its own, got a {type(gallery).__name__} gallery"
             )
         model = module_class.load_from_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if isinstance(gallery, (str, Path)) and Path(gallery).suffix == ".json":
+            return ShardedEmbeddingIndex(model, gallery)
         if isinstance(gallery, (str, Path)):
             export = load_embeddings(gallery)
             return cls(model, export["embeddings"].to(map_location), export.get("labels"), export.get("paths"))
@@ -140,6 +162,10 @@ class EmbeddingIndex:
             return cls(model, embed_images(model, gallery, batch_size), labels, paths, gallery.shape[1:])
         loader = gallery if isinstance(gallery, DataLoader) else DataLoader(gallery, batch_size=batch_size)
         return cls(model, **embed_batches(model, loader))
+
+    def __len__(self) -> int:
+        """The number of gallery items."""
+        return len(self.embeddings)
 
     def search(self, images: Queries, k: int = 5, preprocess: bool | None = None) -> Neighbours:
         """The ``k`` nearest gallery items of each query image.
@@ -156,7 +182,7 @@ class EmbeddingIndex:
             ValueError: naming ``images`` when they are of none of these forms, when they must be prepared but
                 the index has no :attr:`preprocessing`, or when their shape is not the gallery images' shape.
         """
-        check_k(k, len(self.embeddings))
+        check_k(k, len(self))
         prepared = isinstance(images, Tensor) and images.is_floating_point() and not preprocess
         if preprocess is False and not prepared:
             raise ValueError(
@@ -188,6 +214,118 @@ class EmbeddingIndex:
         labels = self.labels[indices] if self.labels is not None else None
         paths = [[self.paths[i] for i in row] for row in indices.tolist()] if self.paths is not None else None
         return Neighbours(scores, indices, labels, paths)
+
+
+class ShardedEmbeddingIndex(EmbeddingIndex):
+    """An :class:`EmbeddingIndex` over a sharded export (an
+    :class:`~lit_metric.callbacks.prediction_writer.EmbeddingWriter` with a ``.json`` output), which no process
+    holds whole.
+
+    In one process (``across_processes=False``) every search streams the shards from their files, one at a time:
+    memory holds one shard's unit rows (``N_s x D x 4`` bytes) besides the queries and their neighbours, and each
+    search reads the whole gallery, so search many queries per call. Across processes (``True``) each process of
+    ``torch.distributed`` loads shards ``rank``, ``rank + P``, ... once, and every search is a collective call
+    (:func:`~lit_metric.functional.sharded.sharded_neighbours`) that every process makes with its own queries, none
+    included.
+
+    The rankings are those of an index of the single-file export: ties rank by dataset index when the shards hold
+    indexes (by position otherwise). ``indices`` are positions in the shards' concatenation in manifest order;
+    ``labels`` and ``paths`` are read from the shards that hold the neighbours.
+
+    Args:
+        model: as :class:`EmbeddingIndex`.
+        manifest: the ``.json`` manifest of the export (:func:`~lit_metric.io.load_manifest`).
+        across_processes: search with every process of ``torch.distributed``, each holding some shards.
+        chunk_size: tiles of similarities are at most ``chunk_size`` on a side.
+
+    Raises:
+        ValueError: naming the manifest when it does not match its files.
+    """
+
+    def __init__(
+        self,
+        model: MetricLearningModule,
+        manifest: str | Path,
+        across_processes: bool = False,
+        chunk_size: int = 8192,
+    ) -> None:
+        check_positive_int("chunk_size", chunk_size)
+        self.model = model.eval()
+        self.manifest = load_manifest(manifest)
+        self.across_processes, self.chunk_size, self.image_shape = across_processes, chunk_size, None
+        self.preprocessing = model.preprocessing
+        self.starts = [sum(self.manifest.rows[:shard]) for shard in range(len(self.manifest.rows))]
+        if across_processes:
+            none = torch.empty(0, dtype=torch.long)
+            mine = [self._shard(shard) for shard in range(rank(), len(self.manifest.files), world_size())]
+            mine = mine or [(torch.empty(0, self.manifest.dimension), none, none)]
+            self.units, self.ties, self.positions = (torch.cat(parts) for parts in zip(*mine))
+
+    def __len__(self) -> int:
+        return sum(self.manifest.rows)
+
+    def search_embeddings(self, queries: Tensor, k: int = 5) -> Neighbours:
+        """The ``k`` nearest gallery items of each of the ``(Q, D)`` query embeddings; across processes, a
+        collective call in which ``Q`` may be 0."""
+        check_k(k, len(self))
+        dimension = self.manifest.dimension
+        if not isinstance(queries, Tensor) or queries.ndim != 2 or queries.shape[1] != dimension:
+            raise ValueError(
+                f"`queries` must have shape (Q, {dimension}) like the gallery, got {describe(queries, 'shape')}"
+            )
+        if self.across_processes:
+            scores, _, positions = sharded_neighbours(
+                queries, k, self.units, self.ties, gallery_values=self.positions[:, None], chunk_size=self.chunk_size
+            )
+            positions = positions[..., 0]
+        else:
+            check_matrix("queries", queries, f"(Q, {dimension})")
+            scores, positions = self._stream(normalize(queries, "queries"), k)
+        labels, paths = self._metadata(positions)
+        return Neighbours(scores, positions, labels, paths)
+
+    def _stream(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """``(scores, positions)`` of the ``k`` best of the unit ``queries`` over the shards, read one by one."""
+        # Products of the shape of a search of the whole gallery, so that the scores are those of a single file.
+        tiles = tile_side(len(queries), self.chunk_size), tile_side(len(self), self.chunk_size)
+        best = torch.full((len(queries), k), empty_key(), dtype=torch.long)
+        positions = torch.full((len(queries), k), -1, dtype=torch.long)
+        for shard in range(len(self.manifest.files)):
+            units, ties, shard_positions = self._shard(shard)
+            scores, found = search_tiles(queries, min(k, len(units)), units, None, None, *tiles)
+            keys = torch.where(found >= 0, ranking_keys(scores, ties[found]), empty_key())
+            candidates = torch.cat([best, keys], dim=1)
+            top = candidates.topk(k, dim=1).indices
+            best, positions = candidates.gather(1, top), torch.cat([positions, shard_positions[found]], 1).gather(1, top)
+        return ranked_keys(best)[0], positions
+
+    def _shard(self, shard: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The unit rows of a shard in tie order, their tie order (dataset indexes, or positions) and positions."""
+        export = load_shard(self.manifest, shard)
+        check_finite("embeddings", export["embeddings"])
+        positions = torch.arange(self.starts[shard], self.starts[shard] + len(export["embeddings"]))
+        ties = export.get("indexes", positions)
+        # A shard's search breaks ties by position in the shard, which must then be tie order.
+        order = ties.argsort()
+        return normalize(export["embeddings"][order]), ties[order], positions[order]
+
+    def _metadata(self, positions: Tensor) -> tuple[Tensor | None, list[list[str]] | None]:
+        """The labels and paths of the neighbours at ``(Q, k)`` positions, read from the shards that hold them."""
+        shard_of = torch.searchsorted(torch.tensor(self.starts), positions, right=True) - 1
+        labels, paths = torch.full_like(positions, -1), [["" for _ in row] for row in positions.tolist()]
+        has_labels = has_paths = True
+        for shard in shard_of.unique().tolist():
+            at = (shard_of == shard).nonzero().unbind(1)
+            export = load_shard(self.manifest, shard)
+            rows = positions[at] - self.starts[shard]
+            has_labels = has_labels and "labels" in export
+            has_paths = has_paths and "paths" in export
+            if has_labels:
+                labels[at] = export["labels"][rows].long()
+            if has_paths:
+                for query, slot, row in zip(*(part.tolist() for part in at), rows.tolist()):
+                    paths[query][slot] = export["paths"][row]
+        return labels if has_labels else None, paths if has_paths else None
 
 
 def nearest(

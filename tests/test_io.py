@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lit_metric import load_embeddings, save_embeddings
+from lit_metric.io import load_manifest, load_shard, save_manifest, shard_path
 
 
 def export():
@@ -46,3 +47,37 @@ def test_only_pt_and_npz_files_are_written_or_read(tmp_path):
 def test_loading_a_missing_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="`path` .*missing.pt"):
         load_embeddings(tmp_path / "missing.pt")
+
+
+def write_shards(folder, parts):
+    """A sharded export of `parts` (dicts of save_embeddings), with its manifest."""
+    files = [shard_path(folder / "gallery.json", rank, len(parts)) for rank in range(len(parts))]
+    for part, file in zip(parts, files):
+        save_embeddings(part, file)
+    save_manifest(folder / "gallery.json", files, [len(part["embeddings"]) for part in parts], 4)
+    return folder / "gallery.json"
+
+
+def test_a_manifest_lists_the_shard_files_beside_it_with_their_rows(tmp_path):
+    parts = [export(), {"embeddings": torch.randn(2, 4)}]
+    manifest = load_manifest(write_shards(tmp_path, parts))
+    assert [file.name for file in manifest.files] == ["gallery-00000-of-00002.pt", "gallery-00001-of-00002.pt"]
+    assert manifest.rows == (3, 2) and manifest.dimension == 4
+    assert torch.equal(load_shard(manifest, 1)["embeddings"], parts[1]["embeddings"])
+
+
+def test_a_manifest_that_does_not_match_its_files_is_a_named_error(tmp_path):
+    path = write_shards(tmp_path, [export(), export()])
+    save_embeddings({"embeddings": torch.randn(5, 4)}, shard_path(path, 1, 2))
+    with pytest.raises(ValueError, match=r"`manifest` '.*gallery.json' does not match its shard '.*gallery-00001-of-"
+                                         r"00002.pt': it lists 3 rows of dimension 4, the file holds embeddings of "
+                                         r"shape \(5, 4\)"):
+        load_shard(load_manifest(path), 1)
+    shard_path(path, 0, 2).unlink()
+    with pytest.raises(FileNotFoundError, match=r"`manifest` '.*gallery.json' lists the shard '.*-00000-of-00002.pt'"):
+        load_manifest(path)
+    path.write_text('{"shards": []}')
+    with pytest.raises(ValueError, match="`manifest` '.*gallery.json' must be a manifest of embedding shards"):
+        load_manifest(path)
+    with pytest.raises(ValueError, match="`manifest` must end in .json, got 'gallery.pt'"):
+        load_manifest("gallery.pt")

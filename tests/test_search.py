@@ -19,10 +19,12 @@ import lit_metric.functional.knn as knn
 import lit_metric.search as search
 from lit_metric import BackboneEmbedder, ConvEmbedder, MetricLearningModule
 from lit_metric.data import load_image
-from lit_metric.io import save_embeddings
+from lit_metric.io import save_embeddings, save_manifest, shard_path
 from lit_metric.cli import run
 from lit_metric.data import TensorImageDataset
-from lit_metric.search import EmbeddingIndex, embed_batches, embed_images, nearest
+from lit_metric.search import EmbeddingIndex, ShardedEmbeddingIndex, embed_batches, embed_images, nearest
+
+from _ddp import run_processes
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 CONFIG = str(CONFIGS / "digits.yaml")
@@ -368,3 +370,84 @@ def test_query_examples_of_different_sizes_need_an_image_size(viper_index):
         "channels": 3, "image_size": None, "mean": None, "std": None})
     with pytest.raises(ValueError, match=r"`images` must share one size, .* got \[\(3, 8, 8\), \(3, 9, 8\)\]"):
         unsized.search([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], k=2)
+
+
+# Sharded galleries.
+
+
+def write_sharded_gallery(folder, shards):
+    """40 items (exact duplicates among them) in `shards` shards, as a sharded export writes them: each shard in
+    dataset order, the shards interleaved. Returns the manifest and the single-file gallery in dataset order."""
+    g = torch.Generator().manual_seed(0)
+    embeddings, labels = torch.randn(40, 6, generator=g), torch.arange(40) % 4
+    embeddings[10:16] = embeddings[2]
+    paths = [f"{i}.png" for i in range(40)]
+    files = [shard_path(folder / "gallery.json", shard, shards) for shard in range(shards)]
+    for shard, file in enumerate(files):
+        rows = torch.arange(shard, 40, shards)
+        save_embeddings({"embeddings": embeddings[rows], "labels": labels[rows], "indexes": rows,
+                         "paths": [paths[i] for i in rows]}, file)
+    save_manifest(folder / "gallery.json", files, [len(range(shard, 40, shards)) for shard in range(shards)], 6)
+    return folder / "gallery.json", (embeddings, labels, paths)
+
+
+def sharded_queries(embeddings):
+    # Gallery rows among them, whose duplicates tie exactly.
+    return torch.cat([embeddings[[2, 5, 13]], torch.randn(4, 6, generator=torch.Generator().manual_seed(1))])
+
+
+def tiny_model():
+    return MetricLearningModule(ConvEmbedder(1, 6, channels=[4]))
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_a_sharded_gallery_streamed_in_one_process_ranks_as_the_single_file_gallery(tmp_path, shards):
+    manifest, (embeddings, labels, paths) = write_sharded_gallery(tmp_path, shards)
+    sharded = ShardedEmbeddingIndex(tiny_model(), manifest)
+    single = EmbeddingIndex(tiny_model(), embeddings, labels, paths)
+    queries = sharded_queries(embeddings)
+    got, expected = sharded.search_embeddings(queries, 9), single.search_embeddings(queries, 9)
+    assert len(sharded) == 40 and torch.equal(got.scores, expected.scores)
+    # Positions are in the shards' concatenation; the items, by dataset index, are the single file's.
+    concatenated = torch.cat([torch.arange(shard, 40, shards) for shard in range(shards)])
+    assert torch.equal(concatenated[got.indices], expected.indices)
+    assert torch.equal(got.labels, expected.labels) and got.paths == expected.paths
+
+
+def test_a_sharded_export_opens_from_its_manifest(trained, tmp_path):
+    manifest, _ = write_sharded_gallery(tmp_path, 2)
+    assert isinstance(EmbeddingIndex.from_checkpoint(trained[0], manifest), ShardedEmbeddingIndex)
+
+
+def _search_across_processes(rank, world_size, manifest):
+    index = ShardedEmbeddingIndex(tiny_model(), manifest, across_processes=True)
+    # Each process searches its own queries; the last of three has none.
+    queries = sharded_queries(torch.load(manifest.parent / "embeddings.pt"))
+    found = index.search_embeddings(queries[rank::2] if rank < 2 else queries[:0], 9)
+    return found.scores, found.indices, found.labels, found.paths
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_a_sharded_gallery_searched_across_processes_ranks_as_the_single_file_gallery(tmp_path, world_size):
+    manifest, (embeddings, labels, paths) = write_sharded_gallery(tmp_path, 3)
+    torch.save(embeddings, tmp_path / "embeddings.pt")
+    results = run_processes(_search_across_processes, tmp_path, manifest, world_size=world_size)
+    expected = EmbeddingIndex(tiny_model(), embeddings, labels, paths).search_embeddings(sharded_queries(embeddings), 9)
+    concatenated = torch.cat([torch.arange(shard, 40, 3) for shard in range(3)])
+    for rank, (scores, indices, found_labels, found_paths) in enumerate(results[:2]):
+        mine = slice(rank, None, 2)
+        assert torch.equal(concatenated[indices], expected.indices[mine])
+        assert torch.allclose(scores, expected.scores[mine], atol=1e-6)
+        assert torch.equal(found_labels, expected.labels[mine]) and found_paths == expected.paths[mine]
+    if world_size == 3:
+        assert results[2][0].shape == (0, 9)
+
+
+def test_a_sharded_gallery_whose_manifest_does_not_match_its_files_is_refused_by_name(tmp_path):
+    manifest, _ = write_sharded_gallery(tmp_path, 2)
+    save_embeddings({"embeddings": torch.randn(3, 6)}, shard_path(manifest, 1, 2))
+    index = ShardedEmbeddingIndex(tiny_model(), manifest)
+    with pytest.raises(ValueError, match=r"`manifest` '.*gallery.json' does not match its shard .*: it lists 20 rows"):
+        index.search_embeddings(torch.randn(2, 6), 3)
+    with pytest.raises(ValueError, match=r"`queries` must have shape \(Q, 6\) like the gallery, got shape \(2, 5\)"):
+        index.search_embeddings(torch.randn(2, 5), 3)

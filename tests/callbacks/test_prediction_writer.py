@@ -2,18 +2,21 @@
 of the predict set, with labels, dataset indexes and file paths, in dataset order, to a .pt or .npz file."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_metric import ConvEmbedder, MetricLearningModule
 from lit_metric.callbacks.prediction_writer import EmbeddingWriter
 from lit_metric.cli import run
 from lit_metric.data import TensorImageDataset
-from lit_metric.io import load_embeddings
+from lit_metric.io import load_embeddings, load_manifest, load_shard
+
+from _ddp import run_processes
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -96,7 +99,8 @@ def test_under_ddp_the_file_is_the_single_process_file(tmp_path):
 
 
 def test_only_pt_and_npz_files_are_written():
-    with pytest.raises(ValueError, match=r"`output_path` must end in \.pt or \.npz, got 'embeddings.csv'"):
+    message = r"`output_path` must end in \.pt or \.npz, or in \.json for a sharded export, got 'embeddings.csv'"
+    with pytest.raises(ValueError, match=message):
         EmbeddingWriter("embeddings.csv")
 
 
@@ -108,3 +112,36 @@ def test_predict_step_must_return_embeddings(tmp_path):
     trainer = L.Trainer(logger=False, enable_progress_bar=False, callbacks=[EmbeddingWriter(tmp_path / "e.pt")])
     with pytest.raises(ValueError, match=r"`predict_step` must return \(B, D\) embeddings.*got dict"):
         trainer.predict(Dicts(ConvEmbedder(1, 8, channels=[4])), DataLoader(ShuffledFiles(), batch_size=3))
+
+
+def _export_in_shards(rank, world_size, output):
+    # Items 0-6 (ShuffledFiles makes any index) dealt out as DistributedSampler does: shuffled, padded with copies.
+    order = list(DistributedSampler(range(7), world_size, rank, shuffle=True, seed=1))
+    trainer = SimpleNamespace(global_rank=rank, world_size=world_size, is_global_zero=rank == 0)
+    writer = EmbeddingWriter(output)
+    writer.on_predict_epoch_start(trainer, None)
+    for batch_idx, start in enumerate(range(0, len(order), 2)):
+        batch = [ShuffledFiles()[i] for i in order[start : start + 2]]
+        embeddings = torch.stack([item["image"].flatten()[:3] for item in batch])
+        batch = {key: [item[key] for item in batch] for key in ("path",)} | {
+            key: torch.stack([item[key] for item in batch]) for key in ("label", "index")
+        }
+        writer.write_on_batch_end(trainer, None, embeddings, None, batch, batch_idx, 0)
+    writer.on_predict_epoch_end(trainer, None)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_a_sharded_export_holds_every_item_once_in_one_file_per_process_and_a_manifest(tmp_path, world_size):
+    run_processes(_export_in_shards, tmp_path, tmp_path / "out" / "gallery.json", world_size=world_size)
+    manifest = load_manifest(tmp_path / "out" / "gallery.json")
+    assert [file.name for file in manifest.files] == [f"gallery-{r:05d}-of-{world_size:05d}.pt" for r in
+                                                      range(world_size)]
+    shards = [load_shard(manifest, shard) for shard in range(world_size)]
+    for shard in shards:
+        assert shard["indexes"].tolist() == sorted(shard["indexes"].tolist())  # dataset order within a shard
+    indexes = torch.cat([shard["indexes"] for shard in shards])
+    assert sorted(indexes.tolist()) == list(range(7))
+    paths = [path for shard in shards for path in shard["paths"]]
+    assert paths == [f"class{i % 2}/{i}.png" for i in indexes.tolist()]
+    embeddings = torch.cat([shard["embeddings"] for shard in shards])
+    assert torch.equal(embeddings, indexes[:, None].float().expand(-1, 3))
