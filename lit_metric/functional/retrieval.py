@@ -27,6 +27,7 @@ __all__ = [
     "RETRIEVAL_METRICS",
     "check_items",
     "check_options",
+    "check_sizes",
     "cosine_average_precision",
     "exclusion_keys",
     "hit_rate_at_k",
@@ -211,21 +212,7 @@ def retrieval_metrics(
     queries_from_gallery = is_query is None and is_gallery is not None
     is_query, is_gallery = resolve_roles(is_query, is_gallery, len(labels), labels.device)
     queries, gallery = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
-    shared = bool((is_query & is_gallery).any())
-    gallery_size = len(gallery) - int(shared)
-    if len(queries) == 0 and queries_from_gallery:
-        raise ValueError(
-            "`is_gallery` must leave at least one item out as a query (`is_query` is its complement), got every item "
-            "in the gallery"
-        )
-    if len(queries) == 0:
-        raise ValueError("`is_query` must select at least one item, got no query")
-    if gallery_size < 1:
-        raise ValueError(
-            f"the gallery must hold at least one item other than the query, got {len(gallery)} gallery item(s)"
-        )
-    if max(k) > gallery_size:
-        raise ValueError(f"every `k` must be at most the gallery size {gallery_size}, got k={max(k)}")
+    check_sizes(len(queries), len(gallery), bool((is_query & is_gallery).any()), k, queries_from_gallery)
 
     keys = exclusion_keys(labels, cameras)
     query_labels, gallery_labels = labels[queries], labels[gallery]
@@ -335,6 +322,28 @@ def check_options(metrics: Sequence[str], k: Sequence[int]) -> None:
             "learning and cmc@K in re-ID"
         )
     check_positive_ints("k", k)
+
+
+def check_sizes(
+    num_queries: int, num_gallery: int, shared: bool, k: Sequence[int], queries_from_gallery: bool = False
+) -> None:
+    """Raise a ValueError unless there is a query, a gallery item other than the query (``shared``: some item is
+    both) and at least ``max(k)`` of them; ``queries_from_gallery`` says that the queries are the complement of a
+    given ``is_gallery``."""
+    gallery_size = num_gallery - int(shared)
+    if num_queries == 0 and queries_from_gallery:
+        raise ValueError(
+            "`is_gallery` must leave at least one item out as a query (`is_query` is its complement), got every item "
+            "in the gallery"
+        )
+    if num_queries == 0:
+        raise ValueError("`is_query` must select at least one item, got no query")
+    if gallery_size < 1:
+        raise ValueError(
+            f"the gallery must hold at least one item other than the query, got {num_gallery} gallery item(s)"
+        )
+    if max(k) > gallery_size:
+        raise ValueError(f"every `k` must be at most the gallery size {gallery_size}, got k={max(k)}")
 
 
 def check_items(

@@ -58,6 +58,7 @@ from lit_metric.functional.retrieval import (
     average_precision_tiles,
     check_items,
     check_options,
+    check_sizes,
     exact_mean,
     exact_sum,
     neighbour_metrics,
@@ -200,18 +201,12 @@ def sharded_retrieval_metrics(
         "is_query or is_gallery given": (is_query, is_gallery) != (None, None), "cameras given": cameras is not None,
     })
     device = labels.device
+    queries_from_gallery = is_query is None and is_gallery is not None
     is_query, is_gallery = resolve_roles(is_query, is_gallery, len(labels), device)
     counts = gather_objects((int(is_query.sum()), int(is_gallery.sum()), bool((is_query & is_gallery).any())))
     num_queries, num_gallery = sum(count[0] for count in counts), sum(count[1] for count in counts)
-    gallery_size = num_gallery - int(any(count[2] for count in counts))
-    if num_queries == 0:
-        raise ValueError("`is_query` must select at least one item, got no query")
-    if gallery_size < 1:
-        raise ValueError(
-            f"the gallery must hold at least one item other than the query, got {num_gallery} gallery item(s)"
-        )
-    if max(k) > gallery_size:
-        raise ValueError(f"every `k` must be at most the gallery size {gallery_size}, got k={max(k)}")
+    # The same numbers on every process, so the same error, if any.
+    check_sizes(num_queries, num_gallery, any(count[2] for count in counts), k, queries_from_gallery)
 
     labels, indexes = labels.long(), indexes.long()
     keys = indexes if cameras is None else _camera_keys(labels, cameras.long())
