@@ -49,8 +49,10 @@ _NO_CAMERA = -1
 _COPY_TOLERANCE = 1e-3
 # Fields that copies of one item (same dataset index) must share.
 _COPY_FIELDS = ("labels", "is_query", "is_gallery", "cameras")
-# Items over all processes from which `sharded=None` shards the evaluation (see docs/sharded_evaluation.md).
-SHARDED_FROM = 50_000
+# Bytes of float32 embeddings over all processes from which `sharded=None` shards the evaluation: below, the search's
+# tiles (up to 0.8 GB) outweigh the gathered copies, and at 20,000 x 128 in leave-one-out on 2 processes gathering
+# was faster; at 1,000,000 x 128 sharding took 0.6 of the memory and less time (docs/sharded_evaluation.md).
+SHARDED_FROM_BYTES = 2**28
 
 
 class RetrievalMetrics(RecordsArguments, Metric):
@@ -71,8 +73,9 @@ class RetrievalMetrics(RecordsArguments, Metric):
             memory grows with its square.
         sharded: under DDP, score each process's items where they are
             (:func:`~lit_metric.functional.sharded.sharded_retrieval_metrics`) instead of gathering every process's
-            embeddings onto every process; the metrics are equal. ``None`` shards from :data:`SHARDED_FROM` items
-            over all processes. Sharding uses the default process group.
+            embeddings onto every process; the metrics are equal. ``None`` shards from :data:`SHARDED_FROM_BYTES`
+            (256 MiB) of float32 embeddings over all processes, e.g. 524,288 items of width 128. Sharding uses the
+            default process group.
         kwargs: passed to :class:`torchmetrics.Metric`.
     """
 
@@ -205,9 +208,11 @@ class RetrievalMetrics(RecordsArguments, Metric):
         mine = torch.isin(indexes, copied).nonzero().squeeze(1)
         sizes = gather_sizes(len(mine), indexes.device)
         _check_copy_embeddings(gather_rows(indexes[mine], sizes), gather_rows(embeddings[mine], sizes))
+        everything = len(dropped) == 0
 
         def pick(states: list[Tensor] | Tensor) -> Tensor:
-            return _concatenated(states)[keep]
+            # Indexing would copy every embedding, for nothing when no item is a copy.
+            return _concatenated(states) if everything else _concatenated(states)[keep]
 
         return sharded_retrieval_metrics(
             pick(self.embeddings),
@@ -229,10 +234,10 @@ class RetrievalMetrics(RecordsArguments, Metric):
         # torchmetrics gives a process without items 1-D float placeholders, which cannot be gathered with the 2-D
         # embeddings and integer labels of the others: the processes first agree on the embeddings' width and dtype.
         group = process_group or self.process_group
-        items = self._agree_with_other_processes(group)
-        sharded = self.sharded if self.sharded is not None else group is None and items >= SHARDED_FROM
+        values = self._agree_with_other_processes(group)
+        sharded = self.sharded if self.sharded is not None else group is None and values * 4 >= SHARDED_FROM_BYTES
         # Without items anywhere, compute refuses on every process alike.
-        if sharded and items:
+        if sharded and values:
             # compute() scores the items where they are; torchmetrics restores these states after it.
             self._sharded_now = True
             return
@@ -241,13 +246,13 @@ class RetrievalMetrics(RecordsArguments, Metric):
     def _agree_with_other_processes(self, group: Any) -> int:
         """Give this process empty states of the common shapes when it has no items, and every process the widest
         embedding dtype; refuse a mix of widths or of flagged and unflagged items, and different settings. Returns
-        the number of stored items over all processes."""
+        the number of stored embedding values (items times width) over all processes."""
         check_same_on_every_process(
             {"metrics": self.metrics, "k": self.k, "chunk_size": self.chunk_size, "sharded": self.sharded}, group
         )
         embeddings = self.embeddings[0] if len(self.embeddings) else None
-        items = sum(len(x) for x in self.embeddings)
-        local = None if embeddings is None else (embeddings.shape[1], embeddings.dtype, self._roles_given, items)
+        values = sum(x.numel() for x in self.embeddings)
+        local = None if embeddings is None else (embeddings.shape[1], embeddings.dtype, self._roles_given, values)
         present = [item for item in gather_objects(local, group) if item is not None]
         if not present:
             return 0

@@ -277,13 +277,16 @@ def test_processes_that_disagree_are_refused_by_name_on_every_process(tmp_path, 
     assert run_processes(_processes_disagree, tmp_path, disagreement, sharded) == [message, message]
 
 
-def _sharded_without_gathering(rank, world_size, n, sharded):
-    # The items stay where they are: torchmetrics' gather of the states must never run.
-    def no_gather(*args, **kwargs):
-        raise AssertionError("the states were gathered")
+def _evaluate_with_padding(rank, world_size, n, sharded, threshold):
+    # Whether torchmetrics' gather of the states ran: sharded evaluation leaves the items where they are.
+    gathered, gather = [], Metric._sync_dist
 
-    Metric._sync_dist = no_gather
-    lit_metric.metrics.SHARDED_FROM = 40
+    def watched_gather(*args, **kwargs):
+        gathered.append(True)
+        return gather(*args, **kwargs)
+
+    Metric._sync_dist = watched_gather
+    lit_metric.metrics.SHARDED_FROM_BYTES = threshold
     x, labels, is_query, cameras = make_data(n)
     # The sampler pads the last processes with copies of items of the first ones.
     order = torch.tensor(list(DistributedSampler(range(n), world_size, rank, shuffle=True, seed=3)))
@@ -292,20 +295,27 @@ def _sharded_without_gathering(rank, world_size, n, sharded):
         metric = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8, sharded=sharded)
         feed(metric, x, labels, order, flags, cams, batch=4)
         results[name] = metric.compute()
-    return results
+    return results, bool(gathered)
 
 
 @pytest.mark.parametrize("world_size, n", [(2, 45), (3, 46)])
-@pytest.mark.parametrize("sharded", [True, None], ids=["sharded", "sharded from SHARDED_FROM items"])
-def test_sharded_evaluation_equals_single_process_without_gathering(tmp_path, world_size, n, sharded):
+@pytest.mark.parametrize(
+    "sharded, threshold, gathers",
+    [(True, 2**28, False), (None, 4 * 5 * 40, False), (None, 2**28, True)],
+    ids=["sharded", "sharded from SHARDED_FROM_BYTES", "gathered below SHARDED_FROM_BYTES"],
+)
+def test_sharded_evaluation_equals_single_process_evaluation_and_gathers_nothing(
+    tmp_path, world_size, n, sharded, threshold, gathers
+):
     x, labels, is_query, cameras = make_data(n)
-    results = run_processes(_sharded_without_gathering, tmp_path, n, sharded, world_size=world_size)
+    results = run_processes(_evaluate_with_padding, tmp_path, n, sharded, threshold, world_size=world_size)
     for name, flags, cams in (("loo", None, None), ("reid", is_query, cameras)):
         single = RetrievalMetrics(metrics=ALL, k=(1, 5), chunk_size=8)
         feed(single, x, labels, torch.arange(n), flags, cams)
         expected = single.compute()
-        for result in results:
+        for result, gathered in results:
             assert_same(result[name], expected)
+            assert gathered == gathers
 
 
 def test_sharding_runs_over_the_default_process_group_and_is_a_bool():

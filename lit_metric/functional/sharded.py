@@ -216,7 +216,7 @@ def sharded_retrieval_metrics(
     # A shard's search breaks ties by position in the shard, which must then be dataset order.
     gallery = gallery[indexes[gallery].argsort()]
     query_labels, query_keys = labels[queries], keys[queries]
-    shard = _Shard(units[gallery], labels[gallery], keys[gallery], indexes[gallery])
+    shard = _Shard(_rows(units, gallery), labels[gallery], keys[gallery], indexes[gallery])
 
     same_label, same_key = shard.counts(query_labels, query_keys)
     num_relevant = same_label - same_key
@@ -233,8 +233,9 @@ def sharded_retrieval_metrics(
     tiles = tile_side(num_queries, chunk_size), tile_side(num_gallery, chunk_size)
     values = torch.stack([shard.indexes, shard.labels], dim=1)
     scored_labels, scored_relevant = labels[scored_queries], num_relevant[scored]
+    scored_units = _rows(units, scored_queries)
     for start, _, found in _merged_blocks(
-        units[scored_queries], keys[scored_queries], search_k, shard.units, shard.keys, values, tiles
+        scored_units, keys[scored_queries], search_k, shard.units, shard.keys, values, tiles
     ):
         rows = slice(start, start + len(found))
         match = (found[..., 0] >= 0) & (found[..., 1] == scored_labels[rows, None])
@@ -242,7 +243,7 @@ def sharded_retrieval_metrics(
             totals[name] += exact_sum(per_query)
     if "map" in metrics:
         totals["map"] = exact_sum(shard.average_precision(
-            units[scored_queries], scored_labels, keys[scored_queries], (num_scored, num_gallery), chunk_size
+            scored_units, scored_labels, keys[scored_queries], (num_scored, num_gallery), chunk_size
         ))
     everyone = gather_objects(totals)
     out = {name: exact_mean(sum(process[name] for process in everyone), num_scored) for name in totals}
@@ -335,6 +336,12 @@ def _merged_blocks(
         best = candidates[..., 0].topk(k, dim=1).indices
         chosen = candidates.gather(1, best[..., None].expand(-1, -1, candidates.shape[2]))
         yield start, ranked_keys(chosen[..., 0])[0], chosen[..., 1:]
+
+
+def _rows(x: Tensor, rows: Tensor) -> Tensor:
+    """``x[rows]``, or ``x`` itself when ``rows`` are all its rows in order, as in leave-one-out on items in dataset
+    order: indexing would copy every embedding."""
+    return x if torch.equal(rows, torch.arange(len(x), device=rows.device)) else x[rows]
 
 
 def _count(sorted_reference: Tensor, values: Tensor) -> Tensor:
