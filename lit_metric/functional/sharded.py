@@ -132,7 +132,7 @@ def sharded_neighbours(
     Returns:
         ``(scores, ids, values)``: ``values`` ``(N_q, k, V)``, ``-1`` in empty slots, or ``None``.
     """
-    width = None if gallery_values is None else gallery_values.shape[1:]
+    width = None if gallery_values is None else tuple(gallery_values.shape[1:])
     raise_on_every_process(_search_error(queries, gallery, gallery_ids, query_keys, gallery_keys, gallery_values))
     check_same_on_every_process({
         "k": k, "chunk_size": chunk_size, "embedding dimension": queries.shape[1],
@@ -144,7 +144,8 @@ def sharded_neighbours(
     dtype = _widest(queries, gallery)
     # A shard's search breaks ties by position in the shard, which must then be id order.
     order = gallery_ids.argsort()
-    unit_queries, unit_gallery = normalize(queries.to(dtype), "queries"), normalize(gallery[order].to(dtype), "gallery")
+    unit_queries = normalize(queries.to(dtype), "queries")
+    unit_gallery = normalize(_rows(gallery, order).to(dtype), "gallery")
     values = gallery_ids[:, None] if gallery_values is None else torch.cat([gallery_ids[:, None], gallery_values], 1)
     values, gallery_keys = values[order], None if gallery_keys is None else gallery_keys[order]
     tiles = tile_side(sum(sizes[0]), chunk_size), tile_side(sum(sizes[1]), chunk_size)
