@@ -88,7 +88,8 @@ def main() -> None:
         runs = [torch.load(Path(directory) / f"runs{rank}.pt") for rank in range(args.processes)]
     torch.set_num_threads(args.processes)
     x, labels = make_embeddings(args.n)
-    evaluate(x[:1000], labels[:1000], torch.arange(1000), args.queries, False)
+    warmup = min(args.n, 1000)
+    evaluate(x[:warmup], labels[:warmup], torch.arange(warmup), args.queries, False)
     single = [evaluate(x, labels, torch.arange(args.n), args.queries, False) for _ in range(args.repeats)]
 
     rows = {"gathered": [run[False] for run in runs], "sharded": [run[True] for run in runs], "single": [single]}

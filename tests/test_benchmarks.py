@@ -87,3 +87,11 @@ def test_memory_benchmark_prints_each_strategy_with_and_without_the_memory():
         (strategy, memory) for strategy in ("all", "hard", "topk_negatives") for memory in ("-", "64")
     ]
     assert all(float(row[3]) == 1.0 for row in rows[::2])
+
+
+def test_sharded_benchmark_prints_gathered_sharded_and_single_process_rows_with_equal_scores():
+    out = run("sharded.py", "--n", "600", "--queries", "60", "--repeats", "1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| 600 |")]
+    assert [(row[3].strip(), row[4].strip()) for row in rows] == [("2", "gathered"), ("2", "sharded"), ("1", "single")]
+    assert len({tuple(row[9:12]) for row in rows}) == 1 and "DIFFER" not in out
+    assert float(rows[0][8]) == 1.0  # memory relative to the gathered evaluation

@@ -156,9 +156,11 @@ def search_tiles(
         k: neighbours, ``1 <= k <= N_g``.
         gallery: ``(N_g, D)`` rows of :func:`normalize`, or ``None`` for leave-one-out (``row_side`` must then
             equal ``column_side``).
-        query_keys, gallery_keys: ``(N_q,)`` and ``(N_g,)`` exclusion keys, or both ``None``; in leave-one-out
-            ``gallery_keys`` is ``query_keys``.
-        row_side, column_side: tile shape, ``column_side`` a multiple of 8 above 8 (as :func:`tile_side` makes).
+        query_keys: ``(N_q,)`` exclusion keys, or ``None`` (with ``gallery_keys``).
+        gallery_keys: ``(N_g,)`` exclusion keys; in leave-one-out ``query_keys`` serve as both.
+        row_side: tile height, at least ``N_q`` or a multiple of 8 (as :func:`tile_side` makes).
+        column_side: tile width, a multiple of 8 above 8 (as :func:`tile_side` makes); ``row_side`` in
+            leave-one-out.
 
     Returns:
         ``(scores, indices)``, both ``(N_q, k)``, as :func:`cosine_knn`.

@@ -126,8 +126,14 @@ def sharded_neighbours(
     """:func:`sharded_knn` that also brings back ``gallery_values`` of the neighbours, such as their labels.
 
     Args:
+        queries: as :func:`sharded_knn`.
+        k: as :func:`sharded_knn`.
+        gallery: as :func:`sharded_knn`.
+        gallery_ids: as :func:`sharded_knn`.
+        query_keys: as :func:`sharded_knn`.
+        gallery_keys: as :func:`sharded_knn`.
         gallery_values: ``(N_g, V)`` integers that travel with each gallery item, or ``None``.
-        The others: as :func:`sharded_knn`.
+        chunk_size: as :func:`sharded_knn`.
 
     Returns:
         ``(scores, ids, values)``: ``values`` ``(N_q, k, V)``, ``-1`` in empty slots, or ``None``.
@@ -181,9 +187,12 @@ def sharded_retrieval_metrics(
         labels: ``(N_p,)`` integer labels.
         indexes: ``(N_p,)`` dataset indices in ``[0, 2**32 - 1)``, each item once over all processes; they order the
             items as the single-process call's positions do, so ties rank by ascending index.
-        is_query, is_gallery, cameras: as in ``retrieval_metrics``, for this process's items; given on every
-            process or on none.
-        metrics, k, chunk_size: as in ``retrieval_metrics``.
+        is_query: ``(N_p,)`` bool, as in ``retrieval_metrics``; given on every process or on none.
+        is_gallery: ``(N_p,)`` bool, likewise.
+        cameras: ``(N_p,)`` integer camera ids, likewise.
+        metrics: names from :data:`~lit_metric.functional.retrieval.RETRIEVAL_METRICS`.
+        k: cut-offs of ``recall``, ``precision`` and ``cmc``.
+        chunk_size: tiles of similarities hold at most ``chunk_size**2`` values.
 
     Returns:
         As ``retrieval_metrics``, on every process.
