@@ -104,9 +104,10 @@ def main() -> None:
         mb = max(max(call["mb"] for call in calls) for calls in per_process)
         metrics = {call["metrics"] for calls in per_process for call in calls}
         processes = 1 if method == "single" else args.processes
+        scores = " | ".join(f"{value:.4f}" for value in sorted(metrics)[0])
         print(f"| {args.n} | {args.queries} | {processes} | {method} | {statistics.median(seconds):.2f} | "
-              f"{min(seconds):.2f}-{max(seconds):.2f} | {mb:.0f} | {mb / gathered_mb:.2f} | "
-              + " | ".join(f"{value:.4f}" for value in sorted(metrics)[0]) + f" |{'' if len(metrics) == 1 else ' DIFFER'}")
+              f"{min(seconds):.2f}-{max(seconds):.2f} | {mb:.0f} | {mb / gathered_mb:.2f} | {scores} |"
+              + ("" if len(metrics) == 1 else " DIFFER"))
 
 
 if __name__ == "__main__":

@@ -283,7 +283,9 @@ def shard_in_dataset_order(batches: list[dict[str, Any]]) -> dict[str, Any]:
     keep, _ = first_copies_across_processes(indexes, indexes.new_empty(len(indexes), 0))
     kept = keep.nonzero().squeeze(1)
     order = kept[indexes[kept].argsort()].tolist()
-    return {name: [value[i] for i in order] if isinstance(value, list) else value[order] for name, value in rows.items()}
+    return {
+        name: [value[i] for i in order] if isinstance(value, list) else value[order] for name, value in rows.items()
+    }
 
 
 def _initialised() -> bool:

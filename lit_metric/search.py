@@ -296,7 +296,8 @@ class ShardedEmbeddingIndex(EmbeddingIndex):
             keys = torch.where(found >= 0, ranking_keys(scores, ties[found]), empty_key())
             candidates = torch.cat([best, keys], dim=1)
             top = candidates.topk(k, dim=1).indices
-            best, positions = candidates.gather(1, top), torch.cat([positions, shard_positions[found]], 1).gather(1, top)
+            positions = torch.cat([positions, shard_positions[found]], dim=1).gather(1, top)
+            best = candidates.gather(1, top)
         return ranked_keys(best)[0], positions
 
     def _shard(self, shard: int) -> tuple[Tensor, Tensor, Tensor]:

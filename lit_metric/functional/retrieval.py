@@ -248,7 +248,9 @@ def retrieval_metrics(
     return out
 
 
-def neighbour_metrics(match: Tensor, num_relevant: Tensor, metrics: Sequence[str], k: Sequence[int]) -> dict[str, Tensor]:
+def neighbour_metrics(
+    match: Tensor, num_relevant: Tensor, metrics: Sequence[str], k: Sequence[int]
+) -> dict[str, Tensor]:
     """Every requested metric but ``map`` for each query, keyed by log name.
 
     Args:

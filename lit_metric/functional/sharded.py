@@ -18,7 +18,9 @@ the items of its shard that rank above it; the sums are the relevant items' glob
 
 Memory per process, ``P`` processes, ``N`` items of width ``D``, ``B`` rows per block (the single-process row
 tile): the shard's unit rows ``N / P x D x 4`` bytes, the search's tiles, the block ``B x D x 4``, the candidates
-``P x B x k x 16`` on the block's owner. Each process receives every query once (``N_q x D x 4`` bytes in all).
+``P x B x k x 8 (1 + V)`` on the block's owner (a ranking key and ``V`` values each: for the metrics, the dataset
+index and the label). Each process receives every query once (``N_q x D x 4`` bytes in all); docs/sharded_evaluation.md
+has the full account.
 """
 
 from __future__ import annotations
@@ -381,13 +383,15 @@ def _metric_names(metrics: Sequence[str], k: Sequence[int]) -> list[str]:
 
 def _widest(*tensors: Tensor) -> torch.dtype:
     """The widest dtype of ``tensors`` over all processes."""
-    return reduce(torch.promote_types, [dtype for dtypes in gather_objects([x.dtype for x in tensors]) for dtype in dtypes])
+    everyone = gather_objects([x.dtype for x in tensors])
+    return reduce(torch.promote_types, [dtype for dtypes in everyone for dtype in dtypes])
 
 
 def _camera_keys(labels: Tensor, cameras: Tensor) -> Tensor:
     """Exclusion keys equal exactly for items of one label and camera, on every process: ``label x C + camera``
     with ``C`` one more than the largest camera id of all processes."""
-    largest = gather_objects((int(cameras.max()) if len(cameras) else -1, int(labels.abs().max()) if len(labels) else 0))
+    mine = (int(cameras.max()), int(labels.abs().max())) if len(labels) else (-1, 0)
+    largest = gather_objects(mine)
     num_cameras, largest_label = max(c for c, _ in largest) + 1, max(label for _, label in largest)
     if largest_label > (2**62) // num_cameras:
         raise ValueError(f"`labels` must be at most {(2**62) // num_cameras} in magnitude with {num_cameras} cameras")
