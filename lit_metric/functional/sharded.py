@@ -63,6 +63,7 @@ from lit_metric.functional.retrieval import (
     check_sizes,
     exact_mean,
     exact_sum,
+    metric_names,
     neighbour_metrics,
     resolve_roles,
 )
@@ -174,7 +175,7 @@ def sharded_retrieval_metrics(
     is_query: Tensor | None = None,
     is_gallery: Tensor | None = None,
     cameras: Tensor | None = None,
-    metrics: Sequence[str] = RETRIEVAL_METRICS,
+    metrics: str | Sequence[str] = RETRIEVAL_METRICS,
     k: Sequence[int] = (1, 2, 4, 8),
     chunk_size: int = 8192,
 ) -> dict[str, Tensor]:
@@ -192,7 +193,7 @@ def sharded_retrieval_metrics(
         is_query: ``(N_p,)`` bool, as in ``retrieval_metrics``; given on every process or on none.
         is_gallery: ``(N_p,)`` bool, likewise.
         cameras: ``(N_p,)`` integer camera ids, likewise.
-        metrics: names from :data:`~lit_metric.functional.retrieval.RETRIEVAL_METRICS`.
+        metrics: names from :data:`~lit_metric.functional.retrieval.RETRIEVAL_METRICS`, or one name.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``.
         chunk_size: tiles of similarities hold at most ``chunk_size**2`` values.
 
@@ -200,6 +201,7 @@ def sharded_retrieval_metrics(
         As ``retrieval_metrics``, on every process.
     """
     try:
+        metrics = metric_names(metrics)
         check_options(metrics, k)
         check_items(embeddings, labels, indexes, is_query, is_gallery, cameras)
         check_positive_int("chunk_size", chunk_size)
@@ -240,7 +242,7 @@ def sharded_retrieval_metrics(
 
     scored_queries = queries[scored]
     num_scored = sum(gather_objects(len(scored_queries)))
-    totals = dict.fromkeys(_metric_names(metrics, k), Fraction(0))
+    totals = dict.fromkeys(_log_names(metrics, k), Fraction(0))
     # Products of the single-process search's shape: all its queries, the whole gallery.
     tiles = tile_side(num_queries, chunk_size), tile_side(num_gallery, chunk_size)
     values = torch.stack([shard.indexes, shard.labels], dim=1)
@@ -374,7 +376,7 @@ def _count_above(ranking: Tensor, relevant: Tensor) -> Tensor:
     return (ranking.shape[1] - at_or_below)[query, slot]
 
 
-def _metric_names(metrics: Sequence[str], k: Sequence[int]) -> list[str]:
+def _log_names(metrics: Sequence[str], k: Sequence[int]) -> list[str]:
     """Log names of the metrics, in the order that ``retrieval_metrics`` gives them."""
     names = [f"{name}@{cut}" for name in ("recall", "precision", "cmc") if name in metrics for cut in k]
     return names + [name for metric, name in (("map_at_r", "map@r"), ("r_precision", "r_precision"), ("map", "map"))

@@ -151,3 +151,10 @@ def test_dtypes_are_promoted_to_the_widest(tmp_path):
     expected = retrieval_metrics(x, labels, k=K, chunk_size=16)
     for result in run_processes(_mixed_dtypes, tmp_path):
         assert all(torch.equal(result[name], expected[name]) for name in expected)
+
+
+def test_one_metric_may_be_named_alone_as_in_retrieval_metrics():
+    x, labels, _, _, _ = make_items("clustered")
+    got = sharded_retrieval_metrics(x, labels, torch.arange(len(x)), metrics="map", k=(1,))
+    assert list(got) == ["map", "num_queries", "num_skipped_queries", "num_singleton_queries"]
+    assert torch.equal(got["map"], retrieval_metrics(x, labels, metrics="map", k=(1,))["map"])
