@@ -55,7 +55,6 @@ from lit_metric.functional.knn import (
     tile_side,
 )
 from lit_metric.functional.retrieval import (
-    RETRIEVAL_METRICS,
     average_precision,
     average_precision_tiles,
     check_items,
@@ -175,7 +174,7 @@ def sharded_retrieval_metrics(
     is_query: Tensor | None = None,
     is_gallery: Tensor | None = None,
     cameras: Tensor | None = None,
-    metrics: str | Sequence[str] = RETRIEVAL_METRICS,
+    metrics: str | Sequence[str] = ("recall", "precision", "map_at_r", "r_precision", "map"),
     k: Sequence[int] = (1, 2, 4, 8),
     chunk_size: int = 8192,
 ) -> dict[str, Tensor]:
@@ -193,7 +192,8 @@ def sharded_retrieval_metrics(
         is_query: ``(N_p,)`` bool, as in ``retrieval_metrics``; given on every process or on none.
         is_gallery: ``(N_p,)`` bool, likewise.
         cameras: ``(N_p,)`` integer camera ids, likewise.
-        metrics: names from :data:`~lit_metric.functional.retrieval.RETRIEVAL_METRICS`, or one name.
+        metrics: names from :data:`~lit_metric.functional.retrieval.RETRIEVAL_METRICS`, or one name; ``recall``
+            or ``cmc``, not both.
         k: cut-offs of ``recall``, ``precision`` and ``cmc``.
         chunk_size: tiles of similarities hold at most ``chunk_size**2`` values.
 
