@@ -101,5 +101,6 @@ class EmbeddingWriter(BasePredictionWriter):
         if trainer.is_global_zero and shards:
             files, rows_per_shard, dimensions = zip(*shards)
             save_manifest(self.output_path, list(files), list(rows_per_shard), dimensions[0])
-            rank_zero_info(f"Embeddings of {sum(rows_per_shard)} items written to {len(files)} shards of {self.output_path}")
+            items = sum(rows_per_shard)
+            rank_zero_info(f"Embeddings of {items} items written to {len(files)} shards of {self.output_path}")
 
