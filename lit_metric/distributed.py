@@ -23,6 +23,7 @@ __all__ = [
     "first_copies",
     "first_copies_across_processes",
     "first_occurrences",
+    "first_of_each",
     "gather_to",
     "gather_in_dataset_order",
     "gather_objects",
@@ -196,12 +197,18 @@ def first_occurrences(indexes: Tensor) -> Tensor:
     return torch.full_like(unique, len(indexes)).scatter_reduce_(0, inverse, positions, "amin")
 
 
+def first_of_each(indexes: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`first_occurrences` of ``(N,)`` ``indexes``, ``(U,)``, and the ``(N,)`` position of each item's first
+    occurrence, its own position for a first one."""
+    first = first_occurrences(indexes)
+    return first, first[torch.unique(indexes, return_inverse=True)[1]]
+
+
 def first_copies(indexes: Tensor, values: Tensor) -> tuple[Tensor, tuple[int, int] | None]:
     """:func:`first_occurrences` of ``(N,)`` ``indexes`` and the first ``(index, column)`` at which copies of an
     item differ in the ``(N, C)`` ``values`` (``None`` when they are all alike): items with equal index must be copies,
     as ``DistributedSampler`` pads them in, or dropping all but one of them would lose items silently."""
-    first = first_occurrences(indexes)
-    copy_of = first[torch.unique(indexes, return_inverse=True)[1]]
+    first, copy_of = first_of_each(indexes)
     differs = (values[copy_of] != values).nonzero()
     if len(differs) == 0:
         return first, None

@@ -24,7 +24,7 @@ from lit_metric.distributed import (
     check_same_on_every_process,
     first_copies,
     first_copies_across_processes,
-    first_occurrences,
+    first_of_each,
     gather_objects,
     gather_rows,
     gather_sizes,
@@ -293,8 +293,7 @@ def _check_copy_embeddings(indexes: Tensor, embeddings: Tensor) -> None:
     """Copies embedded in different batches may differ in the last bits, so the ``(N, D)`` ``embeddings`` of items
     with equal ``(N,)`` ``indexes`` need only point the same way: their unit rows, all that the metrics see of them,
     within ``_COPY_TOLERANCE`` or 8 units of the embeddings' precision of the first copy's."""
-    first = first_occurrences(indexes)
-    copy_of = first[torch.unique(indexes, return_inverse=True)[1]]
+    _, copy_of = first_of_each(indexes)
     copies = (copy_of != torch.arange(len(indexes), device=indexes.device)).nonzero().squeeze(1)
     if len(copies) == 0:
         return
