@@ -35,7 +35,7 @@ def run_protocol(fit_args: Sequence[str], splits: Sequence[int]) -> list[dict[st
         splits: the split indices to run.
 
     Returns:
-        One dict per split: ``split``, ``seconds`` (fit and final evaluation) and the validation metrics whose
+        One dict per split: ``split`` (an int), ``seconds`` (fit and final evaluation) and the validation metrics whose
         names start with ``cmc@`` or are ``map`` or ``map@r``, without the ``val/`` prefix.
     """
     rows = []
@@ -47,7 +47,7 @@ def run_protocol(fit_args: Sequence[str], splits: Sequence[int]) -> list[dict[st
             cli = run(["fit", *fit_args, f"--data.init_args.split_index={split}"])
         # The module as it is after its last epoch, not a checkpoint: ckpt_path=None with a model given.
         (metrics,) = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
-        row = {"split": float(split), "seconds": time.perf_counter() - start}
+        row: dict[str, float] = {"split": split, "seconds": time.perf_counter() - start}
         for name, value in metrics.items():
             short = name.removeprefix("val/")
             if short.startswith(REPORTED[0]) or short in ("map", "map@r"):

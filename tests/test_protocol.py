@@ -45,6 +45,7 @@ def test_every_split_is_fitted_on_its_own_people(two_splits):
     assert [fit.datamodule.hparams.split_index for fit in fits] == [0, 1, 1]
     assert fits[0].datamodule.split["train_ids"] != fits[1].datamodule.split["train_ids"]
     assert [row["split"] for row in results["splits"]] == [0, 1]
+    assert all(type(row["split"]) is int for row in results["splits"])
 
 
 def test_each_split_is_scored_by_its_final_epoch(two_splits):
@@ -68,7 +69,7 @@ def test_a_csv_holds_one_row_per_split(two_splits):
     fits, _, path = two_splits
     with path.open() as file:
         (row,) = list(csv.DictReader(file))
-    assert float(row["split"]) == 1 and 0 <= float(row["cmc@1"]) <= 1
+    assert row["split"] == "1" and 0 <= float(row["cmc@1"]) <= 1
 
 
 def test_an_interrupted_run_keeps_the_splits_it_finished(tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_an_interrupted_run_keeps_the_splits_it_finished(tmp_path, monkeypatch):
         (split,) = splits
         if split == 1:
             raise KeyboardInterrupt
-        return [{"split": float(split), "seconds": 1.0, "cmc@1": 0.5}]
+        return [{"split": split, "seconds": 1.0, "cmc@1": 0.5}]
 
     monkeypatch.setattr(protocol, "run_protocol", one_split)
     output = tmp_path / "results.json"
@@ -86,7 +87,7 @@ def test_an_interrupted_run_keeps_the_splits_it_finished(tmp_path, monkeypatch):
 
 
 def test_the_table_shows_splits_and_mean_in_percent():
-    rows = [{"split": 0.0, "cmc@1": 0.25, "seconds": 10.0}, {"split": 1.0, "cmc@1": 0.35, "seconds": 12.0}]
+    rows = [{"split": 0, "cmc@1": 0.25, "seconds": 10.0}, {"split": 1, "cmc@1": 0.35, "seconds": 12.0}]
     table = protocol.format_table(rows)
     assert "25.0" in table and "35.0" in table
     assert table.splitlines()[-1].split() == ["mean", "30.0", "±", "7.1", "11", "±", "1"]
