@@ -217,13 +217,17 @@ def test_a_run_resumed_within_an_epoch_mines_with_that_epoch_s_settings():
     assert miner.settings == {**PairMiner().settings, "strategy": "hard", "margin": 0.2}
 
 
-def test_the_miner_is_configured_from_yaml_with_a_schedule():
+def miner_from_yaml(text: str) -> PairMiner:
+    """The miner that a YAML ``miner:`` group builds, as LightningCLI parses it."""
     parser = jsonargparse.ArgumentParser()
     parser.add_class_arguments(PairMiner, "miner")
-    config = parser.parse_string(
+    return parser.instantiate_classes(parser.parse_string(text)).miner
+
+
+def test_the_miner_is_configured_from_yaml_with_a_schedule():
+    miner = miner_from_yaml(
         "miner:\n  strategy: all\n  negative_cost: 25\n  schedule:\n    - {epoch: 5, strategy: hard, margin: 0.05}\n"
     )
-    miner = parser.instantiate_classes(config).miner
     assert miner.negative_cost == 25 and miner.settings_at(5)["strategy"] == "hard"
 
 
@@ -429,12 +433,9 @@ class MemoryRecorder(L.Callback):
 
 
 def test_the_memory_is_configured_from_yaml_and_started_by_the_schedule():
-    parser = jsonargparse.ArgumentParser()
-    parser.add_class_arguments(PairMiner, "miner")
-    config = parser.parse_string(
+    miner = miner_from_yaml(
         "miner:\n  memory_size: 32\n  use_memory: false\n  schedule:\n    - {epoch: 1, use_memory: true}\n"
     )
-    miner = parser.instantiate_classes(config).miner
     recorder = MemoryRecorder(miner)
     # Batches of 4 samples of one class, in class order: a batch alone has 12 positive pairs and no negative one.
     trainer(callbacks=[miner, recorder], max_epochs=3).fit(module(), loader(*batch(), batch_size=4))
